@@ -1,0 +1,34 @@
+# One virtual environment in .venv; `make demo` and `make test` set it up on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(STAMP)
+
+# torch is pinned and installed first: an unpinned resolve can pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/crosslevel analyze zoo:mobilenet_v2 --device stm32f746
+	$(BIN)/crosslevel analyze ../shared/models/mlperf-tiny/vww_96_int8.tflite --device stm32f746
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest -q --durations=15
+
+bench: setup
+	$(BIN)/python benchmarks/arena_and_cost.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

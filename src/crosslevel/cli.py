@@ -1,0 +1,146 @@
+"""The `crosslevel` command line.
+
+Every command turns a CrosslevelError into one readable line on stderr and the exit code
+of DESIGN.md's contract (3 infeasible, 4 invalid model); anything unexpected is exit 1
+with a one-line message (set CROSSLEVEL_DEBUG=1 for the traceback).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from crosslevel.errors import EXIT_INTERNAL, CrosslevelError
+
+app = typer.Typer(
+    help="Cross-level optimization of deep-learning models for AIoT devices.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def clean_errors(func: F) -> F:
+    """Map exceptions to one message and an exit code instead of a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except CrosslevelError as exc:
+            err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(exc.exit_code) from None
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if os.environ.get("CROSSLEVEL_DEBUG"):
+                raise
+            err_console.print(
+                f"[red]internal error:[/red] {type(exc).__name__}: {exc} "
+                "(set CROSSLEVEL_DEBUG=1 for the traceback)",
+                highlight=False,
+            )
+            raise typer.Exit(EXIT_INTERNAL) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+@app.command()
+@clean_errors
+def analyze(
+    model: Annotated[
+        str, typer.Argument(help="A .tflite or .onnx file, or zoo:NAME (see `crosslevel zoo`).")
+    ],
+    device: Annotated[
+        str | None,
+        typer.Option("--device", "-d", help="Device from `crosslevel devices`: fit and cost."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    measure: Annotated[
+        bool,
+        typer.Option(help="Run the real tflite-micro interpreter to measure its arena."),
+    ] = True,
+) -> None:
+    """Per-layer table, params, flash, MACs and peak activation RAM of a model.
+
+    Peak RAM is shown without reuse, under TensorFlow Lite Micro's greedy planner (restated
+    exactly; for .tflite files also measured in tflite-micro) and as the lower bound for the
+    file's operator order. With --device: whether it fits, and predicted latency and energy.
+    """
+    from crosslevel.ir.load import load_model
+    from crosslevel.report.analyze import analyze as build_report
+    from crosslevel.report.analyze import render
+
+    report = build_report(load_model(model), device=device, measure=measure)
+    if as_json:
+        print_json(report.to_json())
+    else:
+        render(report, console)
+
+
+@app.command()
+@clean_errors
+def zoo(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List the built-in zoo models (use them as zoo:NAME)."""
+    from rich.table import Table
+
+    from crosslevel.model.zoo import ZOO
+
+    rows = [
+        {
+            "name": e.name,
+            "input_shape": list(e.input_shape),
+            "dataset": e.dataset,
+            "description": e.description,
+        }
+        for e in ZOO.values()
+    ]
+    if as_json:
+        print_json(rows)
+        return
+    table = Table(title="zoo models")
+    for col in ("name", "input", "data set", "description"):
+        table.add_column(col)
+    for r in rows:
+        shape = "x".join(map(str, r["input_shape"]))
+        table.add_row(r["name"], shape, str(r["dataset"] or "-"), r["description"])
+    console.print(table)
+
+
+@app.command()
+@clean_errors
+def devices(
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", help="Your own devices JSON to add.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List the device and network-link catalogue (add your own with --file)."""
+    from crosslevel.hardware.devices import catalogue_dict, devices_table, links_table, load_devices
+
+    catalogue = load_devices(file)
+    if as_json:
+        print_json(catalogue_dict(catalogue))
+        return
+    console.print(devices_table(catalogue))
+    console.print(links_table())
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()

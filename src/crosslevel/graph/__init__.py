@@ -1,0 +1,1 @@
+"""The computation-graph level: IR-to-IR passes (folding, fusion, elimination)."""

@@ -1,0 +1,1 @@
+"""The hardware level: device catalogue and the calibrated cost model."""

@@ -1,0 +1,1 @@
+"""The memory level: tensor lifetimes, arena planners, bounds."""

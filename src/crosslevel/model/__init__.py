@@ -1,0 +1,1 @@
+"""The model level: zoo architectures, data sets, quantization."""

@@ -1,0 +1,1 @@
+"""Runtimes that execute a model: TensorFlow Lite Micro and ONNX Runtime."""

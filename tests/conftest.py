@@ -1,0 +1,44 @@
+"""Shared test setup: test helpers import by module name; CI refuses skipped tests."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+def _find_models_dir() -> Path:
+    """$CROSSLEVEL_MODELS, else ../shared/models/mlperf-tiny beside the checkout."""
+    if "CROSSLEVEL_MODELS" in os.environ:
+        return Path(os.environ["CROSSLEVEL_MODELS"])
+    candidates = [
+        Path(__file__).resolve().parents[2] / "shared" / "models" / "mlperf-tiny",
+        Path("/work/shared/models/mlperf-tiny"),
+    ]
+    return next((c for c in candidates if c.is_dir()), candidates[0])
+
+
+MODELS_DIR = _find_models_dir()
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    """The real MLPerf Tiny models (../shared/models/mlperf-tiny, or $CROSSLEVEL_MODELS)."""
+    if not MODELS_DIR.is_dir():
+        raise RuntimeError(f"real models not found at {MODELS_DIR}; set CROSSLEVEL_MODELS")
+    return MODELS_DIR
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """In CI every capability is installed, so a skipped test is a failure."""
+    if not os.environ.get("CI"):
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = len(reporter.stats.get("skipped", [])) if reporter else 0
+    if skipped:
+        if reporter:
+            reporter.write_line(f"CI: {skipped} test(s) skipped; CI must run every test")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
