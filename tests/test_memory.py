@@ -93,10 +93,10 @@ def test_greedy_places_largest_first_and_reuses_dead_space() -> None:
                 assert oa + a.size_bytes <= ob or ob + b.size_bytes <= oa
 
 
-def test_greedy_ties_keep_listing_order() -> None:
+def test_greedy_ties_place_the_later_listed_buffer_first() -> None:
     buffers = [Buffer("first", 16, 0, 0), Buffer("second", 16, 0, 0)]
     plan = plan_tflm_greedy(buffers)
-    assert plan.offsets == {"first": 0, "second": 16}
+    assert plan.offsets == {"second": 0, "first": 16}
 
 
 @pytest.mark.parametrize("name", INT8_MODELS)

@@ -180,7 +180,10 @@ class Graph:
             raise InvalidModelError(f"unknown layout {self.layout!r}; expected one of {LAYOUTS}")
         _check_names(self)
         producer = self.producers()
-        available = set(self.inputs) | {t.name for t in self.constants()}
+        # Variable (state) tensors hold values from the previous invocation: always readable.
+        available = set(self.inputs) | {
+            t.name for t in self.tensors.values() if t.is_constant or t.is_variable
+        }
         for node in self.nodes:
             for name in node.inputs:
                 if not name:

@@ -519,9 +519,7 @@ class ZooEntry:
         return shape
 
 
-def _with_resolution(
-    cls: Callable[..., nn.Module], default: int = 96
-) -> Callable[..., nn.Module]:
+def _with_resolution(cls: Callable[..., nn.Module], default: int = 96) -> Callable[..., nn.Module]:
     """Accept (and check) a `resolution` kwarg for fully convolutional models.
 
     The network itself is resolution-agnostic (global pooling head); the kwarg exists so
@@ -579,4 +577,3 @@ def build(name: str, **kwargs: object) -> nn.Module:
     if entry is None:
         raise ValueError(f"unknown zoo model {name!r}; known models: {', '.join(ZOO)}")
     return entry.builder(**kwargs)
-
