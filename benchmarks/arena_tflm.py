@@ -70,7 +70,7 @@ def main() -> None:
             "yes" if r["equal"] else "NO", f"{r['lower_bound_file_order']:,}",
             f"{r['no_reuse']:,}", f"{r['tflm_over_bound_pct']:.1f}%",
         )
-    Console().print(table)
+    Console(width=150).print(table)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,14 @@ def models_dir() -> Path:
     return MODELS_DIR
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread() -> None:
+    """One intra-op thread: on 2 shared cores, torch's default threads thrash each other."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """In CI every capability is installed, so a skipped test is a failure."""
     if not os.environ.get("CI"):

@@ -22,6 +22,7 @@ from torch import nn
 from crosslevel.graph import (
     eliminate_identity,
     fold_batchnorm,
+    fold_bias_add,
     fold_constants,
     fuse_activations,
     optimize_graph,
@@ -39,6 +40,7 @@ Pass = Callable[[Graph], Graph]
 PASSES: list[Pass] = [
     fold_constants,
     fold_batchnorm,
+    fold_bias_add,
     fuse_activations,
     eliminate_identity,
     remove_dead_code,
@@ -87,6 +89,7 @@ def randomize_bn(module: nn.Module, seed: int = 7) -> nn.Module:
     for m in module.modules():
         if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
             n = m.num_features
+            assert m.running_mean is not None and m.running_var is not None
             m.running_mean.copy_(torch.randn(n, generator=gen) * 0.5)
             m.running_var.copy_(torch.rand(n, generator=gen) + 0.3)
             m.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
@@ -159,6 +162,39 @@ def test_bn_not_folded_when_the_conv_output_has_another_reader() -> None:
     folded = fold_batchnorm(graph)
     assert ops(folded)["BATCH_NORM"] == 1
     assert fingerprint(folded) == fingerprint(graph)
+
+
+# --------------------------------------------------------------------------- bias ADD folding
+
+
+class Projections(nn.Module):
+    """Rank-3 Linear layers (MatMul + Add in ONNX), a conv plus a channel constant."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q = nn.Linear(6, 8)
+        self.ffn = nn.Linear(8, 8)
+        self.pos = nn.Parameter(torch.randn(1, 5, 8))
+        self.conv = nn.Conv2d(1, 3, 3, padding=1, bias=False)
+        self.shift = nn.Parameter(torch.randn(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.q(x) + self.pos  # pos varies over tokens: stays an ADD
+        h = F.relu(self.ffn(h))  # MatMul + Add + Relu -> one FC with RELU
+        img = self.conv(h.unsqueeze(1)) + self.shift  # per-channel constant -> conv bias
+        return img + img  # two activations: stays an ADD
+
+
+def test_bias_adds_fold_into_fc_and_conv() -> None:
+    graph = torch_graph(Projections(), (2, 5, 6))
+    assert ops(graph)["ADD"] == 5
+    folded = fold_bias_add(graph)
+    assert ops(folded)["ADD"] == 2
+    assert all(len(n.inputs) == 3 for n in folded.nodes if n.op in ("FULLY_CONNECTED", "CONV_2D"))
+    assert_same_outputs(graph, folded)
+    optimized = optimize_graph(graph)
+    assert ops(optimized)["RELU"] == 0 and ops(optimized)["ADD"] == 2
+    assert_same_outputs(graph, optimized)
 
 
 # --------------------------------------------------------------------------- activation fusion
@@ -236,7 +272,9 @@ def test_quantized_tensors_fuse_only_with_identical_quantization() -> None:
             "a": Tensor("a", (1, 4), "int8", quant=q),
             "b": Tensor("b", (1, 4), "int8", quant=q),
             "s": Tensor("s", (1, 4), "int8", quant=q),
-            "y": Tensor("y", (1, 4), "int8", quant=QuantParams(np.array([out_scale]), np.array([-5]))),
+            "y": Tensor(
+                "y", (1, 4), "int8", quant=QuantParams(np.array([out_scale]), np.array([-5]))
+            ),
         }
         nodes = [Node("add", "ADD", ["a", "b"], ["s"]), Node("relu", "RELU", ["s"], ["y"])]
         return Graph("q", tensors, nodes, ["a", "b"], ["y"], layout="NHWC")
@@ -251,7 +289,7 @@ def test_quantized_tensors_fuse_only_with_identical_quantization() -> None:
 def _identity_model() -> bytes:
     """Dropout, Identity, a flatten chain, a cancelling and a composing transpose pair."""
     rng = np.random.default_rng(4)
-    inits = {
+    inits: dict[str, np.ndarray] = {
         "w": rng.standard_normal((5, 24)).astype(np.float32),
         "s1": np.array([1, 24], dtype=np.int64),
         "s2": np.array([1, 2, 12], dtype=np.int64),
@@ -304,6 +342,31 @@ def test_identity_between_graph_input_and_output_is_kept() -> None:
     tensors = {"x": Tensor("x", (2, 3), "float32"), "y": Tensor("y", (2, 3), "float32")}
     graph = Graph("io", tensors, [Node("id", "IDENTITY", ["x"], ["y"])], ["x"], ["y"])
     assert ops(eliminate_identity(graph)) == Counter({"IDENTITY": 1})
+
+
+def test_dropout_writing_an_output_renames_its_input_for_every_reader() -> None:
+    """x -> relu -> r; r read by tanh (before) and dropout -> y (output), exp after."""
+    names = ("x", "r", "t", "y", "e")
+    tensors = {n: Tensor(n, (2, 3), "float32") for n in names}
+    nodes = [
+        Node("relu", "RELU", ["x"], ["r"]),
+        Node("tanh", "TANH", ["r"], ["t"]),
+        Node("drop", "DROPOUT", ["r"], ["y"]),
+        Node("exp", "EXP", ["r"], ["e"]),
+    ]
+    graph = Graph("rename", tensors, nodes, ["x"], ["t", "y", "e"])
+    clean = eliminate_identity(graph)
+    assert [(n.op, n.inputs, n.outputs) for n in clean.nodes] == [
+        ("RELU", ["x"], ["y"]),
+        ("TANH", ["y"], ["t"]),
+        ("EXP", ["y"], ["e"]),
+    ]
+    assert "r" not in clean.tensors and clean.outputs == ["t", "y", "e"]
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    before = run_onnx(export_onnx(graph), [x])
+    after = run_onnx(export_onnx(clean), [x])
+    for b, a in zip(before, after, strict=True):
+        assert_close(b, a)
 
 
 # --------------------------------------------------------------------------- dead code
@@ -373,9 +436,13 @@ def test_fold_constants_evaluates_constant_subgraphs() -> None:
     ]
     graph = Graph("consts", tensors, nodes, ["x"], ["y"])
     folded = fold_constants(graph)
-    assert ops(folded) == Counter({"FULLY_CONNECTED": 1, "MUL": 1, "DEQUANTIZE": 1, "BATCH_MATMUL": 1})
-    np.testing.assert_allclose(folded.tensor("w").data, w_io.T)
-    np.testing.assert_allclose(folded.tensor("scale3").data, np.clip(scale**2, 0, 6)[None])
+    assert ops(folded) == Counter(
+        {"FULLY_CONNECTED": 1, "MUL": 1, "DEQUANTIZE": 1, "BATCH_MATMUL": 1}
+    )
+    np.testing.assert_allclose(np.asarray(folded.tensor("w").data), w_io.T)
+    np.testing.assert_allclose(
+        np.asarray(folded.tensor("scale3").data), np.clip(scale**2, 0, 6)[None]
+    )
     assert_same_outputs(graph, folded)
 
 
@@ -461,7 +528,9 @@ def _insert_batchnorm(graph: Graph, after: str, seed: int) -> Graph:
     result.tensors[pre] = Tensor(pre, result.tensor(out).shape, "float32")
     node.outputs = [pre]
     index = result.nodes.index(node)
-    result.nodes.insert(index + 1, Node(f"{after}_bn", "BATCH_NORM", [pre, *names], [out], {"epsilon": 1e-3}))
+    result.nodes.insert(
+        index + 1, Node(f"{after}_bn", "BATCH_NORM", [pre, *names], [out], {"epsilon": 1e-3})
+    )
     result.validate()
     return result
 

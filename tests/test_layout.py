@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from tflite_micro.python.tflite_micro import runtime as tflm_runtime
 
 from crosslevel.errors import InvalidModelError, UnsupportedOperatorError
 from crosslevel.graph.layout import (
@@ -24,7 +25,8 @@ from crosslevel.graph.layout import (
 )
 from crosslevel.ir.graph import Graph, Node, Tensor
 from crosslevel.ir.ops import infer_shapes
-from crosslevel.runtime.reference import run_reference
+from crosslevel.ir.tflite_io import tflite_tensor_order
+from crosslevel.runtime.reference import run_node, run_reference
 
 RTOL = 1e-5
 
@@ -79,9 +81,7 @@ class GraphBuilder:
 
 def random_inputs(graph: Graph, seed: int = 1) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {
-        n: rng.normal(size=graph.tensors[n].shape).astype(np.float32) for n in graph.inputs
-    }
+    return {n: rng.normal(size=graph.tensors[n].shape).astype(np.float32) for n in graph.inputs}
 
 
 def run_nhwc(nhwc: Graph, nchw_inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -98,6 +98,24 @@ def assert_same_function(nchw: Graph, nhwc: Graph, seed: int = 1) -> None:
     assert list(got) == list(ref)
     for name in ref:
         assert_close(got[name], ref[name])
+
+
+def tflm_all_tensors(model: bytes, graph: Graph, inputs: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Every activation TFLM computed, by IR tensor name (TFLM keeps all tensors)."""
+    interp = tflm_runtime.Interpreter.from_bytes(
+        model,
+        arena_size=8 << 20,
+        intrepreter_config=tflm_runtime.InterpreterConfig.kPreserveAllTensors,
+    )
+    for k, x in enumerate(inputs):
+        interp.set_input(x, k)
+    interp.invoke()
+    order = tflite_tensor_order(graph)
+    return {
+        name: np.array(interp.GetTensor(k, 0)["tensor_data"])
+        for k, name in enumerate(order)
+        if name in graph.tensors and not graph.tensors[name].is_constant
+    }
 
 
 def _nodes(graph: Graph, op: str) -> list[Node]:
@@ -145,7 +163,7 @@ def test_reference_matches_torch_on_nchw_ops() -> None:
     inputs = random_inputs(graph)
     got = run_reference(graph, inputs, keep_intermediates=True)
 
-    t = {n: torch.from_numpy(np.asarray(v.data)) for n, v in graph.tensors.items() if v.data is not None}
+    t = {n: torch.from_numpy(v.data) for n, v in graph.tensors.items() if v.data is not None}
     y = torch.from_numpy(inputs["x"])
     y = F.conv2d(F.pad(y, (2, 2, 1, 1)), t["w0"], t["b0"], stride=(2, 1), dilation=(1, 2))
     assert_close(got[c1], y.numpy())
@@ -164,6 +182,69 @@ def test_reference_rejects_wrong_input_shape() -> None:
     graph = branchy_cnn()
     with pytest.raises(InvalidModelError, match="shape"):
         run_reference(graph, {"x": np.zeros((1, 9, 8, 3), np.float32)})
+
+
+def elementwise_zoo(layout: str) -> Graph:
+    """Every element-wise, normalization and matmul operator of ``ir.ops`` in one graph."""
+    b = GraphBuilder(layout)
+    x = b.input("x", (2, 3, 4, 5))
+    y = b.input("y", (2, 3, 4, 5))
+    pos = b.op("ADD", [b.op("ABS", [x]), b.const("one", np.ones((1,), np.float32))])
+    chain = [
+        b.op("SQRT", [pos]), b.op("RSQRT", [pos]), b.op("EXP", [b.op("NEG", [x])]),
+        b.op("ERF", [x]), b.op("LOGISTIC", [x]), b.op("TANH", [y]), b.op("HARD_SWISH", [x]),
+        b.op("LEAKY_RELU", [x], alpha=0.15), b.op("CLIP", [x], min=-0.5, max=0.7),
+        b.op("RELU6", [x]), b.op("RELU_N1_TO_1", [y]), b.op("RELU", [y]),
+        b.op("DIV", [x, pos]), b.op("POW", [pos, b.const("e", np.full((1,), 1.5, np.float32))]),
+        b.op("MAXIMUM", [x, y]), b.op("MINIMUM", [x, y]), b.op("SUB", [x, y]),
+        b.op("MUL", [x, y], activation="RELU6"), b.op("IDENTITY", [x]),
+    ]  # fmt: skip
+    total = chain[0]
+    for t in chain[1:]:
+        total = b.op("ADD", [total, t])
+    c = 3 if layout == "NCHW" else 5
+    stats = [b.weights(f"bn{k}", (c,), 0.3) for k in range(4)]
+    stats[3] = b.const("var", np.abs(b.graph.tensors[stats[3]].data) + 0.5)
+    bn = b.op("BATCH_NORM", [total, *stats], epsilon=1e-3)
+    ln = b.op("LAYER_NORM", [bn, b.weights("g", (4, 5)), b.weights("be", (4, 5))], axis=2,
+              epsilon=1e-5)  # fmt: skip
+    mm = b.op("BATCH_MATMUL", [ln, b.op("TRANSPOSE", [y], perm=[0, 1, 3, 2])])
+    soft = b.op("SOFTMAX", [mm], axis=-1, beta=0.7)
+    return b.done(soft, b.op("MEAN", [mm], axes=[1, 3], keepdims=False))
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_reference_matches_onnx_runtime_on_every_op_family(layout: str) -> None:
+    from crosslevel.ir.onnx_io import export_onnx
+    from crosslevel.runtime.ort import run_onnx
+
+    graph = elementwise_zoo(layout)
+    inputs = random_inputs(graph)
+    got = run_reference(graph, inputs)
+    ref = run_onnx(export_onnx(graph), [inputs[n] for n in graph.inputs])
+    for name, expected in zip(graph.outputs, ref, strict=True):
+        assert_close(got[name], expected)
+
+
+def test_reference_and_layout_on_the_transformer() -> None:
+    """tiny_transformer: LAYER_NORM, BATCH_MATMUL, SOFTMAX, TRANSPOSE and RESHAPE chains."""
+    from crosslevel.graph.optimize import optimize_graph
+    from crosslevel.ir.onnx_io import export_onnx
+    from crosslevel.ir.torch_io import import_torch
+    from crosslevel.model import zoo
+    from crosslevel.runtime.ort import run_onnx
+
+    torch.manual_seed(0)
+    module = zoo.build("tiny_transformer", layers=1)
+    nchw = optimize_graph(import_torch(module, (1, 1, 49, 10)))
+    inputs = random_inputs(nchw)
+    (ref,) = run_onnx(export_onnx(nchw), [inputs[nchw.inputs[0]]])
+    assert_close(run_reference(nchw, inputs)[nchw.outputs[0]], ref)
+    nhwc = to_nhwc(nchw)
+    assert nhwc.tensors[nhwc.inputs[0]].shape == (1, 49, 10, 1)
+    assert_same_function(nchw, nhwc)
+    feeds = [to_graph_layout(nhwc, n, inputs[n]) for n in nhwc.inputs]
+    assert_close(run_onnx(export_onnx(nhwc), feeds)[0], ref)
 
 
 # --------------------------------------------------------------------- layout pass
@@ -254,9 +335,79 @@ def test_fallback_ops_run_in_original_order() -> None:
     b = GraphBuilder()
     x = b.input("x", (1, 3, 4, 5))
     c = b.conv(x, 2, 3)
-    ln = b.op("LAYER_NORM", [c, b.weights("g", (5,)), b.weights("be", (5,))], axis=-1,
-              epsilon=1e-5)
+    ln = b.op("LAYER_NORM", [c, b.weights("g", (5,)), b.weights("be", (5,))], axis=-1, epsilon=1e-5)
     nchw = b.done(b.conv(ln, 3, 1))
     nhwc = to_nhwc(nchw)
     assert [n.attrs["perm"] for n in _nodes(nhwc, "TRANSPOSE")] == [[0, 3, 1, 2], [0, 2, 3, 1]]
     assert_same_function(nchw, nhwc)
+
+
+# --------------------------------------------------------------------- zoo models
+
+
+ZOO_KWARGS: dict[str, dict[str, Any]] = {
+    "digits_cnn": {},
+    "ds_cnn": {},
+    "resnet8": {},
+    "mobilenet_v1_025": {"resolution": 64},
+    "fc_autoencoder": {},
+    "mobilenet_v2": {"resolution": 48, "width_mult": 0.35},
+    "mcunet_v2": {"resolution": 48},
+    "imu_cnn": {},
+    "mnist1d_cnn": {},
+    "inception_cells": {},
+}
+
+
+# Random deep nets amplify any perturbation, float32 rounding included, by about 1.2x per
+# layer: MobileNetV2's 52 layers turn TFLM's and ONNX Runtime's per-node differences of
+# <= 4e-7 (checked node by node below) into 8e-5 of the output, and the float64
+# reference executor differs from ONNX Runtime as much. Bound relative to max|output|:
+CHAOTIC: dict[str, float] = {"mobilenet_v2": 1e-3}
+
+
+def _f64(a: np.ndarray | None) -> np.ndarray | None:
+    return None if a is None else np.asarray(a, dtype=np.float64)
+
+
+@pytest.mark.parametrize("name", list(ZOO_KWARGS))
+def test_zoo_nhwc_float32_matches_ort_in_tflm_and_onnx(name: str) -> None:
+    """NCHW graph in ONNX Runtime = NHWC graph in ONNX Runtime = NHWC .tflite in TFLM."""
+    from crosslevel.graph.optimize import optimize_graph
+    from crosslevel.ir.onnx_io import export_onnx
+    from crosslevel.ir.tflite_io import export_tflite
+    from crosslevel.ir.torch_io import import_torch
+    from crosslevel.model import zoo
+    from crosslevel.model.int8_zoo import calibration_inputs, settle_batchnorm
+    from crosslevel.runtime.ort import run_onnx
+    from crosslevel.runtime.tflm import run_tflm
+
+    kwargs = ZOO_KWARGS[name]
+    torch.manual_seed(0)
+    module = zoo.build(name, **kwargs)
+    data = calibration_inputs(name, 8, **kwargs)
+    settle_batchnorm(module, data)  # O(1) activations, so the comparison means something
+    nchw = optimize_graph(import_torch(module, (1, *data.shape[1:])))
+    nhwc = to_nhwc(nchw)
+    x = data[:1]
+    ref = run_onnx(export_onnx(nchw), [x])[0]
+    x_nhwc = to_graph_layout(nhwc, nhwc.inputs[0], x)
+    out = nhwc.outputs[0]
+    via_onnx = run_onnx(export_onnx(nhwc), [x_nhwc])[0]
+    assert_close(from_graph_layout(nhwc, out, via_onnx), ref)  # same float32 kernels
+    model = export_tflite(nhwc)
+    via_tflm = from_graph_layout(nhwc, out, run_tflm(model, [x_nhwc])[0])
+    via_reference = run_nhwc(nhwc, {nchw.inputs[0]: x})[out]
+    for got in (via_tflm, via_reference):
+        if name in CHAOTIC:
+            np.testing.assert_allclose(got, ref, rtol=0, atol=CHAOTIC[name] * np.abs(ref).max())
+        else:
+            assert_close(got, ref)
+    values = tflm_all_tensors(model, nhwc, [x_nhwc])
+    for node in nhwc.nodes:  # every node on TFLM's own inputs: float32 rounding only
+        args = [values.get(i, nhwc.tensors[i].data) if i else None for i in node.inputs]
+        expected = run_node(nhwc, node, [_f64(a) for a in args])
+        assert_close(values[node.outputs[0]], expected)
+    depthwise = [n for n in nchw.nodes if n.op == "CONV_2D" and n.attrs.get("groups", 1) > 1]
+    assert len([n for n in nhwc.nodes if n.op == "DEPTHWISE_CONV_2D"]) == len(depthwise)
+    assert not [n for n in nhwc.nodes if n.op == "TRANSPOSE"]  # flattens need none here

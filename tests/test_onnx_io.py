@@ -8,7 +8,6 @@ tolerance. TFLite float models are checked against TFLite Micro's float kernels.
 from __future__ import annotations
 
 import math
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,12 @@ from fuzz_helpers import corruptions, random_bytes, time_limit
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from crosslevel.errors import CrosslevelError, InvalidModelError, UnsupportedOperatorError, UsageError
-from crosslevel.ir.graph import Graph, Node, QuantParams, Tensor
+from crosslevel.errors import (
+    InvalidModelError,
+    UnsupportedOperatorError,
+    UsageError,
+)
+from crosslevel.ir.graph import Graph, Node, Tensor
 from crosslevel.ir.onnx_io import export_onnx, import_onnx, load_onnx_model
 from crosslevel.ir.tflite_io import import_tflite
 from crosslevel.ir.torch_io import export_torch_onnx
@@ -45,7 +48,7 @@ def random_input(shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
     return RNG.standard_normal(shape).astype(dtype)
 
 
-def round_trip(model: onnx.ModelProto | bytes, *, optimize: bool = True) -> Graph:
+def round_trip(model: onnx.ModelProto | bytes | Path, *, optimize: bool = True) -> Graph:
     """Import, export, run both in ONNX Runtime on random inputs, compare; return the IR."""
     graph = import_onnx(model)
     exported = export_onnx(graph)
@@ -163,6 +166,7 @@ def _randomize_bn(module: nn.Module) -> nn.Module:
     for m in module.modules():
         if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
             n = m.num_features
+            assert m.running_mean is not None and m.running_var is not None
             m.running_mean.copy_(torch.randn(n, generator=gen) * 0.3)
             m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
             m.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
@@ -287,7 +291,13 @@ def test_conv_and_pool_auto_pad(auto_pad: str, stride: int) -> None:
 def test_avgpool_ceil_mode_accepted_when_harmless_refused_when_not() -> None:
     def model(size: int) -> onnx.ModelProto:
         node = helper.make_node(
-            "AveragePool", ["X"], ["Y"], name="avg", kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1
+            "AveragePool",
+            ["X"],
+            ["Y"],
+            name="avg",
+            kernel_shape=[2, 2],
+            strides=[2, 2],
+            ceil_mode=1,
         )
         return make_model([node], [vi("X", [1, 2, size, size])], [any_shape("Y", 4)])
 
@@ -326,7 +336,7 @@ def test_reduce_mean_squeeze_unsqueeze_at_opset_18() -> None:
         helper.make_node("Squeeze", ["u", "ax1"], ["s"], name="sq"),
         helper.make_node("Pad", ["s", "pads", "val", "padaxes"], ["Y"], name="pad"),
     ]
-    inits = {
+    inits: dict[str, np.ndarray] = {
         "axes": np.array([-1, 1], dtype=np.int64),
         "ax1": np.array([1], dtype=np.int64),
         "pads": np.array([1, 2], dtype=np.int64),
@@ -345,7 +355,7 @@ def test_reduce_mean_squeeze_unsqueeze_at_opset_18() -> None:
     [(0.0, 6.0, "RELU6"), (0.0, None, "RELU"), (-1.0, 1.0, "RELU_N1_TO_1"), (-2.0, 3.0, "CLIP")],
 )
 def test_clip_maps_to_the_matching_activation(lo: float, hi: float | None, op: str) -> None:
-    inits = {"lo": np.array(lo, dtype=np.float32)}
+    inits: dict[str, np.ndarray] = {"lo": np.array(lo, dtype=np.float32)}
     inputs = ["X", "lo"]
     if hi is not None:
         inits["hi"] = np.array(hi, dtype=np.float32)
@@ -405,7 +415,9 @@ def _qdq_model() -> onnx.ModelProto:
     nodes = [
         helper.make_node("QuantizeLinear", ["X", "x_scale", "x_zp"], ["xq"], name="q_in"),
         helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zp"], ["xf"], name="dq_in"),
-        helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zp"], ["wf"], name="dq_w", axis=0),
+        helper.make_node(
+            "DequantizeLinear", ["w_q", "w_scale", "w_zp"], ["wf"], name="dq_w", axis=0
+        ),
         helper.make_node("DequantizeLinear", ["b_q", "b_scale"], ["bf"], name="dq_b", axis=0),
         helper.make_node("Conv", ["xf", "wf", "bf"], ["c"], name="conv", pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c"], ["r"], name="relu"),
@@ -491,17 +503,19 @@ def test_nhwc_graph_exports_with_transposes_and_matches_torch() -> None:
         "y": Tensor("y", (1, 5), "float32"),
     }
     window = {"strides": (2, 2), "dilations": (1, 1), "pads": (1, 1, 1, 1)}
+    dw_attrs = {"strides": (1, 1), "pads": (1, 1, 1, 1), "depth_multiplier": 2}
+    avg_attrs = {"kernel": (3, 3), "strides": (2, 2), "pads": (1, 1, 1, 1)}
     nodes = [
         Node("conv", "CONV_2D", ["x", "cw", "cb"], ["c"], {**window, "activation": "RELU6"}),
-        Node("dw", "DEPTHWISE_CONV_2D", ["c", "dw", "db"], ["d"],
-             {"strides": (1, 1), "pads": (1, 1, 1, 1), "depth_multiplier": 2, "activation": "RELU"}),
+        Node(
+            "dw", "DEPTHWISE_CONV_2D", ["c", "dw", "db"], ["d"], {**dw_attrs, "activation": "RELU"}
+        ),
         Node("max", "MAX_POOL_2D", ["d"], ["m"], {"kernel": (2, 2), "strides": (1, 1)}),
-        Node("avg", "AVERAGE_POOL_2D", ["m"], ["a"],
-             {"kernel": (3, 3), "strides": (2, 2), "pads": (1, 1,1, 1), "activation": "TANH"}),
+        Node("avg", "AVERAGE_POOL_2D", ["m"], ["a"], {**avg_attrs, "activation": "TANH"}),
         Node("bn", "BATCH_NORM", ["a", "bn0", "bn1", "bn2", "bn3"], ["b"], {"epsilon": 1e-3}),
         Node("fc", "FULLY_CONNECTED", ["b", "fw", "fb"], ["f"], {"activation": "RELU_N1_TO_1"}),
         Node("softmax", "SOFTMAX", ["f"], ["y"], {"axis": -1, "beta": 2.0}),
-    ]  # fmt: skip
+    ]
     graph = Graph("nhwc", tensors, nodes, ["x"], ["y"], layout="NHWC")
     graph.validate()
     got = run_onnx(export_onnx(graph), [x])[0]
@@ -560,7 +574,9 @@ def test_fused_activations_are_exported_as_separate_nodes() -> None:
 
 def test_unsupported_operators_name_op_and_node() -> None:
     conv3d = helper.make_node("Conv", ["X", "W"], ["Y"], name="conv3d_node")
-    model = make_model([conv3d], [vi("X", [1, 2, 4, 4, 4])], [any_shape("Y", 5)], {"W": w(3, 2, 1, 1, 1)})
+    model = make_model(
+        [conv3d], [vi("X", [1, 2, 4, 4, 4])], [any_shape("Y", 5)], {"W": w(3, 2, 1, 1, 1)}
+    )
     with pytest.raises(UnsupportedOperatorError, match="3-D") as info:
         import_onnx(model)
     assert (info.value.op, info.value.node) == ("Conv", "conv3d_node")
@@ -596,6 +612,13 @@ def test_hostile_constant_of_shape_is_refused_quickly() -> None:
     shape = np.array([1, 100000, 100000], dtype=np.int64)
     model = make_model(nodes, [vi("X", [1, 1, 1])], [any_shape("Y", 3)], {"shape": shape})
     with time_limit(10), pytest.raises(InvalidModelError, match="elements"):
+        import_onnx(model)
+    # small initializers, huge folded result: 5,000 indices into 5,000-wide rows
+    gather = helper.make_node("Gather", ["data", "idx"], ["G"], name="gather", axis=0)
+    inits: dict[str, np.ndarray] = {"data": np.ones((1, 5000), np.float32)}
+    inits["idx"] = np.zeros(5000, np.int64)
+    model = make_model([gather], [], [vi("G", [5000, 5000])], inits)
+    with time_limit(10), pytest.raises(InvalidModelError, match="25000000 elements"):
         import_onnx(model)
 
 
@@ -748,4 +771,3 @@ def test_load_onnx_model_returns_a_copy_with_inline_data(tmp_path: Path) -> None
     assert all(t.data_location == TensorProto.DEFAULT for t in loaded.graph.initializer)
     loaded.graph.name = "changed"
     assert inline.graph.name != "changed"
-

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crosslevel.errors import UnsupportedOperatorError
+from crosslevel.errors import InvalidModelError, UnsupportedOperatorError
 from crosslevel.ir import torch_io
 from crosslevel.ir.onnx_io import export_onnx
 from crosslevel.ir.torch_io import (
@@ -32,7 +32,7 @@ def assert_close(ref: np.ndarray, got: np.ndarray) -> None:
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=atol)
 
 
-def small_net() -> nn.Module:
+def small_net() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1),
@@ -92,14 +92,20 @@ def test_cache_key_tracks_weights_shape_and_structure() -> None:
     assert torch_cache_key(a, (2, 3, 6, 6)) != base
     assert torch_cache_key(a, (1, 3, 6, 6), keep_batchnorm=True) != base
     b = copy.deepcopy(a)
+    conv_b = b[0]
+    assert isinstance(conv_b, nn.Conv2d)
     with torch.no_grad():
-        b[0].weight[0, 0, 0, 0] += 1e-3
+        conv_b.weight[0, 0, 0, 0] += 1e-3
     assert torch_cache_key(b, (1, 3, 6, 6)) != base
     c = copy.deepcopy(a)
-    c[1].running_var.mul_(2)  # buffers count, not only parameters
+    bn_c = c[1]
+    assert isinstance(bn_c, nn.BatchNorm2d) and bn_c.running_var is not None
+    bn_c.running_var.mul_(2)  # buffers count, not only parameters
     assert torch_cache_key(c, (1, 3, 6, 6)) != base
     d = copy.deepcopy(a)
-    d[0].stride = (2, 2)  # same weights, different architecture
+    conv_d = d[0]
+    assert isinstance(conv_d, nn.Conv2d)
+    conv_d.stride = (2, 2)  # same weights, different architecture
     assert torch_cache_key(d, (1, 3, 6, 6)) != base
 
 
@@ -125,6 +131,36 @@ def test_cache_is_used_and_a_damaged_entry_is_replaced(
     graph.validate()
 
 
+def test_dynamo_exporter_is_the_quiet_fallback(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    real = torch_io._export
+    calls: list[bool] = []
+
+    def legacy_fails(module: nn.Module, x: torch.Tensor, keep_bn: bool, dynamo: bool) -> bytes:
+        calls.append(dynamo)
+        if not dynamo:
+            raise RuntimeError("legacy exporter broke")
+        return real(module, x, keep_bn, dynamo)
+
+    monkeypatch.setattr(torch_io, "_export", legacy_fails)
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(4, 3), nn.ReLU()).eval()
+    x = torch.randn(2, 4)
+    graph = import_torch(module, x)
+    assert calls == [False, True]
+    assert capfd.readouterr() == ("", "")  # dynamo's prints and logs are silenced
+    with torch.no_grad():
+        assert_close(module(x).numpy(), run_onnx(export_onnx(graph), [x.numpy()])[0])
+
+    def both_fail(module: nn.Module, x: torch.Tensor, keep_bn: bool, dynamo: bool) -> bytes:
+        raise RuntimeError(f"exporter broke (dynamo={dynamo})")
+
+    monkeypatch.setattr(torch_io, "_export", both_fail)
+    with pytest.raises(InvalidModelError, match="dynamo=False"):
+        import_torch(module, x)
+
+
 class GridSample(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         grid = torch.zeros(1, 4, 4, 2)
@@ -136,7 +172,12 @@ class GridSample(nn.Module):
     [
         (GridSample(), (1, 2, 5, 5), "GridSample", "/GridSample"),
         (nn.Conv1d(3, 4, 3), (1, 3, 10), "Conv", "/Conv"),
-        (nn.Sequential(nn.ReLU(), nn.ConvTranspose2d(3, 2, 3)), (1, 3, 5, 5), "ConvTranspose", "/1/ConvTranspose"),
+        (
+            nn.Sequential(nn.ReLU(), nn.ConvTranspose2d(3, 2, 3)),
+            (1, 3, 5, 5),
+            "ConvTranspose",
+            "/1/ConvTranspose",
+        ),
     ],
     ids=["grid_sample", "conv1d", "conv_transpose"],
 )

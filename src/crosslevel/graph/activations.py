@@ -48,23 +48,27 @@ def activation_kind(node: Node) -> str | None:
 def fuse_activations(graph: Graph) -> Graph:
     """A copy of ``graph`` with activations folded into ``attrs["activation"]``."""
     result = graph.copy()
-    producers = result.producers()
-    consumers = result.consumers()
+    fuse_activations_in_place(result)
+    result.validate()
+    return result
+
+
+def fuse_activations_in_place(graph: Graph) -> None:
+    producers = graph.producers()
+    consumers = graph.consumers()
     removed: set[int] = set()
-    for node in result.nodes:
+    for node in graph.nodes:
         kind = activation_kind(node)
         source = producers.get(node.inputs[0]) if kind else None
-        if kind is None or source is None or not _can_fuse(result, source, node, consumers):
+        if kind is None or source is None or not _can_fuse(graph, source, node, consumers):
             continue
-        del result.tensors[source.outputs[0]]
+        del graph.tensors[source.outputs[0]]
         source.outputs = [node.outputs[0]]
         source.attrs["activation"] = kind
         producers[node.outputs[0]] = source
         removed.add(id(node))
-    result.nodes = [n for n in result.nodes if id(n) not in removed]
-    drop_unreferenced_tensors(result)
-    result.validate()
-    return result
+    graph.nodes = [n for n in graph.nodes if id(n) not in removed]
+    drop_unreferenced_tensors(graph)
 
 
 def _can_fuse(graph: Graph, source: Node, act: Node, consumers: dict[str, list[Node]]) -> bool:

@@ -19,10 +19,11 @@ import numpy as np
 from crosslevel.graph.rewrite import (
     batchnorm_channel_axis,
     drop_unreferenced_tensors,
+    fresh_tensor_name,
     is_float_node,
     sole_consumer,
 )
-from crosslevel.ir.graph import Graph, Node, Tensor, unique_name
+from crosslevel.ir.graph import Graph, Node, Tensor
 
 _WEIGHT_AXIS = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 0}
 
@@ -30,20 +31,24 @@ _WEIGHT_AXIS = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 0}
 def fold_batchnorm(graph: Graph) -> Graph:
     """A copy of ``graph`` with every foldable BATCH_NORM merged into its producer."""
     result = graph.copy()
-    producers = result.producers()
-    consumers = result.consumers()
+    fold_batchnorm_in_place(result)
+    result.validate()
+    return result
+
+
+def fold_batchnorm_in_place(graph: Graph) -> None:
+    producers = graph.producers()
+    consumers = graph.consumers()
     removed: set[int] = set()
-    for bn in result.nodes:
+    for bn in graph.nodes:
         if bn.op != "BATCH_NORM":
             continue
         layer = producers.get(bn.inputs[0])
-        if layer is not None and _can_fold(result, layer, bn, consumers):
-            _fold(result, layer, bn)
+        if layer is not None and _can_fold(graph, layer, bn, consumers):
+            _fold(graph, layer, bn)
             removed.add(id(bn))
-    result.nodes = [n for n in result.nodes if id(n) not in removed]
-    drop_unreferenced_tensors(result)
-    result.validate()
-    return result
+    graph.nodes = [n for n in graph.nodes if id(n) not in removed]
+    drop_unreferenced_tensors(graph)
 
 
 def _constant(graph: Graph, name: str) -> bool:
@@ -57,7 +62,7 @@ def _can_fold(graph: Graph, layer: Node, bn: Node, consumers: dict[str, list[Nod
         return False
     if not (is_float_node(graph, layer) and is_float_node(graph, bn)):
         return False
-    if not all(_constant(graph, name) for name in bn.inputs[1:5]) or len(bn.inputs) < 5:
+    if len(bn.inputs) < 5 or not all(_constant(graph, name) for name in bn.inputs[1:5]):
         return False
     if not _constant(graph, layer.inputs[1]):
         return False
@@ -102,7 +107,7 @@ def _fold(graph: Graph, layer: Node, bn: Node) -> None:
 
 
 def _add_constant(graph: Graph, base: str, value: np.ndarray) -> str:
-    name = unique_name(graph.tensors, base)
+    name = fresh_tensor_name(graph, base)
     data = np.ascontiguousarray(value.astype(np.float32))
     graph.tensors[name] = Tensor(name, data.shape, "float32", data=data)
     return name

@@ -25,18 +25,21 @@ from crosslevel.runtime.reference import run_reference
 def fold_constants(graph: Graph) -> Graph:
     """A copy of ``graph`` where every foldable all-constant node became a constant tensor."""
     result = graph.copy()
+    fold_constants_in_place(result)
+    result.validate()
+    return result
+
+
+def fold_constants_in_place(graph: Graph) -> None:
     kept: list[Node] = []
-    for node in result.nodes:
-        value = _evaluate(result, node)
+    for node in graph.nodes:
+        value = _evaluate(graph, node)
         if value is None:
             kept.append(node)
             continue
-        out = result.tensors[node.outputs[0]]
-        out.data = value
-    result.nodes = kept
-    drop_unreferenced_tensors(result)
-    result.validate()
-    return result
+        graph.tensors[node.outputs[0]].data = value
+    graph.nodes = kept
+    drop_unreferenced_tensors(graph)
 
 
 def _foldable(graph: Graph, node: Node) -> bool:

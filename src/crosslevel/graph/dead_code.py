@@ -14,13 +14,17 @@ from crosslevel.ir.graph import Graph
 def remove_dead_code(graph: Graph) -> Graph:
     """A copy of ``graph`` without the nodes and tensors that reach no graph output."""
     result = graph.copy()
-    needed = set(result.outputs)
+    remove_dead_code_in_place(result)
+    result.validate()
+    return result
+
+
+def remove_dead_code_in_place(graph: Graph) -> None:
+    needed = set(graph.outputs)
     kept = []
-    for node in reversed(result.nodes):
+    for node in reversed(graph.nodes):
         if any(out in needed for out in node.outputs if out):
             kept.append(node)
             needed.update(name for name in node.inputs if name)
-    result.nodes = kept[::-1]
-    drop_unreferenced_tensors(result)
-    result.validate()
-    return result
+    graph.nodes = kept[::-1]
+    drop_unreferenced_tensors(graph)

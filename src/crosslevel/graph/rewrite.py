@@ -9,25 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from crosslevel.ir.graph import Graph, Node, QuantParams, Tensor
-
-
-def replace_uses(graph: Graph, old: str, new: str) -> None:
-    """Make every node that reads ``old`` read ``new`` (graph outputs untouched)."""
-    for node in graph.nodes:
-        node.inputs = [new if name == old else name for name in node.inputs]
-
-
-def rename_tensor(graph: Graph, old: str, new: str) -> None:
-    """Rename tensor ``old`` to the (unused) name ``new`` everywhere: writers, readers, I/O."""
-    tensor = graph.tensors.pop(old)
-    tensor.name = new
-    graph.tensors[new] = tensor
-    for node in graph.nodes:
-        node.inputs = [new if name == old else name for name in node.inputs]
-        node.outputs = [new if name == old else name for name in node.outputs]
-    graph.inputs = [new if name == old else name for name in graph.inputs]
-    graph.outputs = [new if name == old else name for name in graph.outputs]
+from crosslevel.ir.graph import Graph, Node, QuantParams, Tensor, unique_name
 
 
 def sole_consumer(graph: Graph, name: str, consumers: dict[str, list[Node]]) -> Node | None:
@@ -36,6 +18,11 @@ def sole_consumer(graph: Graph, name: str, consumers: dict[str, list[Node]]) -> 
         return None
     users = consumers.get(name, [])
     return users[0] if len(users) == 1 else None
+
+
+def fresh_tensor_name(graph: Graph, base: str) -> str:
+    """``base`` if no tensor has it (the usual case, checked in O(1)), else a suffixed one."""
+    return base if base not in graph.tensors else unique_name(graph.tensors, base)
 
 
 def drop_unreferenced_tensors(graph: Graph) -> None:

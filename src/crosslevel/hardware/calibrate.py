@@ -115,8 +115,9 @@ class Measurement:
     label: str
     features: GraphFeatures
     measured_ms: float  # median of the quietest round
-    runs: int  # timed runs in that round
+    runs: int  # timed runs in each round
     round_medians_ms: list[float] = field(default_factory=list)
+    min_ms: float = math.nan  # fastest single run over all rounds
 
 
 def compile_spec(
@@ -137,12 +138,13 @@ def compile_spec(
     return graph, onnx_bytes, shape
 
 
-def _time_round(onnx_bytes: bytes, shape: tuple[int, ...], runs: int) -> float:
-    """Median ms of ``runs`` single-threaded ONNX Runtime runs (after 3 warm-up runs)."""
+def _time_round(onnx_bytes: bytes, shape: tuple[int, ...], runs: int) -> tuple[float, float]:
+    """Median and minimum ms of ``runs`` single-threaded ONNX Runtime runs (3 warm-ups)."""
     from crosslevel.runtime.ort import time_onnx
 
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    return time_onnx(onnx_bytes, [x], repeats=runs, warmup=3, threads=1).median_ms
+    stats = time_onnx(onnx_bytes, [x], repeats=runs, warmup=3, threads=1)
+    return stats.median_ms, stats.min_ms
 
 
 def _runs_for(first_ms: float, budget_s: float) -> int:
@@ -172,16 +174,19 @@ def measure_models(
             graph, onnx_bytes, shape = compile_spec(spec, cache_dir)
             compiled.append((spec, GraphFeatures.of(graph, device, spec.label), onnx_bytes, shape))
             bar.advance(task)
-        runs = [_runs_for(_time_round(data, shape, 3), round_budget_s)
+        runs = [_runs_for(_time_round(data, shape, 3)[0], round_budget_s)
                 for _, _, data, shape in compiled]  # fmt: skip
         medians: list[list[float]] = [[] for _ in compiled]
+        minimums: list[list[float]] = [[] for _ in compiled]
         task = bar.add_task("timing (ONNX Runtime, 1 thread)", total=rounds * len(compiled))
         for _ in range(rounds):
             for i, (_, _, onnx_bytes, shape) in enumerate(compiled):
-                medians[i].append(_time_round(onnx_bytes, shape, runs[i]))
+                median_ms, min_ms = _time_round(onnx_bytes, shape, runs[i])
+                medians[i].append(median_ms)
+                minimums[i].append(min_ms)
                 bar.advance(task)
     return [
-        Measurement(spec.label, feat, min(medians[i]), runs[i], medians[i])
+        Measurement(spec.label, feat, min(medians[i]), runs[i], medians[i], min(minimums[i]))
         for i, (spec, feat, _, _) in enumerate(compiled)
     ]
 

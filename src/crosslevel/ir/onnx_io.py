@@ -29,7 +29,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from crosslevel.errors import CrosslevelError, InvalidModelError, UnsupportedOperatorError
-from crosslevel.ir.graph import Graph, Node, QuantParams, Tensor, unique_name
+from crosslevel.ir.graph import Graph, Node, QuantParams, Tensor
 from crosslevel.ir.ops import infer_shapes
 
 MIN_OPSET = 13
@@ -327,6 +327,33 @@ def import_onnx(source: ModelSource) -> Graph:
     return graph
 
 
+class _Names:
+    """Names in use, handing out ``base``, ``base_1``, ``base_2``... without repeats.
+
+    Like ``ir.graph.unique_name``, but remembering the last suffix per base: a (possibly
+    hostile) model with thousands of equal names must not make naming quadratic.
+    """
+
+    def __init__(self, names: set[str] | None = None) -> None:
+        self.taken: set[str] = set(names or ())
+        self.suffix: dict[str, int] = {}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.taken
+
+    def add(self, name: str) -> None:
+        self.taken.add(name)
+
+    def claim(self, base: str) -> str:
+        name, k = base, self.suffix.get(base, 0)
+        while name in self.taken:
+            k += 1
+            name = f"{base}_{k}"
+        self.suffix[base] = k
+        self.taken.add(name)
+        return name
+
+
 def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
@@ -360,9 +387,9 @@ class _Importer:
         )
         self.consts: dict[str, np.ndarray] = {}
         self.info = _value_infos(model)
-        self.reserved = _onnx_names(model)
+        self.reserved = _Names(_onnx_names(model))
         self.used = _used_names(model)
-        self.node_names: set[str] = set()  # ONNX node names seen, and IR names given
+        self.node_names = _Names()  # ONNX node names seen, and IR names given
         self.ir_node_names: set[str] = set()
 
     # ----- driver --------------------------------------------------------------------
@@ -406,8 +433,7 @@ class _Importer:
             self.ir.outputs.append(vi.name)
 
     def _convert(self, node: onnx.NodeProto, index: int) -> None:
-        name = unique_name(self.node_names, node.name or f"{node.op_type}_{index}")
-        self.node_names.add(name)
+        name = self.node_names.claim(node.name or f"{node.op_type}_{index}")
         try:
             if node.op_type == "Constant":
                 self._set_const(node.output[0], _constant_value(node, name), name)
@@ -423,9 +449,8 @@ class _Importer:
 
     # ----- values --------------------------------------------------------------------
     def fresh(self, base: str) -> str:
-        name = unique_name(self.reserved | set(self.ir.tensors) | set(self.consts), base)
-        self.reserved.add(name)
-        return name
+        """A new value name; ``reserved`` holds every ONNX name and every name made here."""
+        return self.reserved.claim(base)
 
     def shape(self, name: str) -> tuple[int, ...]:
         if name in self.ir.tensors:
@@ -479,8 +504,8 @@ class _Importer:
         dtype: str | None = None,
     ) -> Node:
         """Append an IR node; output shapes come from ``ir.ops`` and must agree with ONNX."""
-        if name in self.ir_node_names:
-            name = unique_name(self.node_names | self.ir_node_names, name)
+        if name in self.ir_node_names:  # a second IR node made from one ONNX node
+            name = self.node_names.claim(name)
         self.node_names.add(name)
         self.ir_node_names.add(name)
         node = Node(name, op, [self.value(i) if i else "" for i in inputs], outputs, attrs or {})
@@ -514,7 +539,7 @@ class _Importer:
                 return False
             args = [self.consts[i] if i else None for i in node.input]
             attrs = _attrs(node)
-        _check_fold_size(node.op_type, args, name)
+        _check_fold_size(node.op_type, args, attrs, name)
         results = fold(args, attrs)
         for out, value in zip(node.output, results, strict=False):
             if out:
@@ -565,7 +590,9 @@ def _constant_value(node: onnx.NodeProto, name: str) -> np.ndarray:
 Folder = Callable[[list[np.ndarray | None], dict[str, Any]], list[np.ndarray]]
 
 
-def _check_fold_size(op: str, args: list[np.ndarray | None], name: str) -> None:
+def _check_fold_size(
+    op: str, args: list[np.ndarray | None], attrs: dict[str, Any], name: str
+) -> None:
     """Refuse folds whose output would be huge before allocating it (hostile models)."""
     count = 0
     if op == "ConstantOfShape" and args[0] is not None:
@@ -578,9 +605,13 @@ def _check_fold_size(op: str, args: list[np.ndarray | None], name: str) -> None:
         if delta == 0 or not all(math.isfinite(v) for v in (start, limit, delta)):
             raise InvalidModelError(f"node {name!r}: Range({start}, {limit}, {delta})")
         count = max(0, math.ceil((limit - start) / delta))
-    elif op in _BINARY_FOLD:
+    elif op in _BINARY_FOLD or op == "Where":
         shapes = [a.shape for a in args if a is not None]
         count = math.prod(np.broadcast_shapes(*shapes))
+    elif op == "Gather":
+        data, idx = _req(args, 0), _req(args, 1)
+        axis = int(attrs.get("axis", 0)) % max(data.ndim, 1)
+        count = idx.size * (data.size // max(data.shape[axis], 1) if data.ndim else 1)
     if count > MAX_FOLD_ELEMENTS:
         raise InvalidModelError(f"node {name!r} ({op}) would build {count} elements; refused")
 
@@ -1329,14 +1360,12 @@ class _Exporter:
         self.g = graph
         self.nodes: list[onnx.NodeProto] = []
         self.inits: dict[str, onnx.TensorProto] = {}
-        self.used: set[str] = set(graph.tensors)  # value names
-        self.node_names: set[str] = set()  # ONNX keeps node names in their own namespace
+        self.used = _Names(set(graph.tensors))  # value names
+        self.node_names = _Names()  # ONNX keeps node names in their own namespace
 
     # ----- naming and values ---------------------------------------------------------
     def fresh(self, base: str) -> str:
-        name = unique_name(self.used, base)
-        self.used.add(name)
-        return name
+        return self.used.claim(base)
 
     def value(self, name: str) -> str:
         """ONNX name of IR tensor ``name`` (constants become initializers on first use)."""
@@ -1356,8 +1385,7 @@ class _Exporter:
         return name
 
     def add(self, op: str, inputs: list[str], outputs: list[str], base: str, **attrs: Any) -> None:
-        name = unique_name(self.node_names, base)
-        self.node_names.add(name)
+        name = self.node_names.claim(base)
         self.nodes.append(helper.make_node(op, inputs, outputs, name=name, **attrs))
 
     def transposed(self, name: str, perm: tuple[int, ...], base: str) -> str:
@@ -1511,7 +1539,10 @@ def _export_pool(ex: _Exporter, node: Node) -> None:
 
 def _export_batchnorm(ex: _Exporter, node: Node) -> None:
     rank = len(ex.g.tensor(node.inputs[0]).shape)
-    perms = _spatial_perm(ex, rank) if rank >= 4 else None
+    # BATCH_NORM's channel axis: 1 in NCHW graphs and below rank 4, else 3 (NHWC)
+    perms = _spatial_perm(ex, 4) if rank == 4 else None
+    if rank > 4 and ex.g.layout == "NHWC":
+        raise UnsupportedOperatorError("BATCH_NORM", node.name, f"rank-{rank} NHWC input")
     x = ex.channels_first(node, perms[0] if perms else None)
     core = ex.core_name(node, perms is not None)
     params = [ex.value(n) for n in node.inputs[1:5]]

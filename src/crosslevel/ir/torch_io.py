@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import logging
 import os
 import re
 import sys
@@ -29,7 +30,7 @@ from torch import nn
 
 from crosslevel.errors import CrosslevelError, InvalidModelError, UnsupportedOperatorError
 from crosslevel.ir.graph import Graph
-from crosslevel.ir.onnx_io import import_onnx
+from crosslevel.ir.onnx_io import import_onnx, load_onnx_model
 
 EXPORT_OPSET = 17
 INPUT_NAME = "input"
@@ -80,34 +81,47 @@ def export_torch_onnx(
 
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
-    """Silence the deprecated exporter's warnings and anything printed to stdout.
+    """Silence the exporters' warnings, prints and logs while they run.
 
-    The exporters print from Python (dynamo's progress) and from C++ (the TorchScript
-    graph dump on failure, written to file descriptor 1), so both levels are redirected.
+    They print from Python (dynamo's progress), from C++ (the TorchScript graph dump on
+    failure, written to file descriptor 1) and through ``logging`` (dynamo's opset
+    conversion tracebacks, on stderr); failures still surface as exceptions.
     """
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _fd1_to_devnull():
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.redirect_stderr(io.StringIO()),
+        _fd_to_devnull(1),
+        _fd_to_devnull(2),
+    ):
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        yield
+        previous = logging.root.manager.disable
+        logging.disable(max(previous, logging.WARNING))
+        try:
+            yield
+        finally:
+            logging.disable(previous)
 
 
 @contextlib.contextmanager
-def _fd1_to_devnull() -> Iterator[None]:
+def _fd_to_devnull(fd: int) -> Iterator[None]:
+    stream = sys.__stdout__ if fd == 1 else sys.__stderr__
     try:
-        if sys.__stdout__ is not None:
-            sys.__stdout__.flush()
-        saved = os.dup(1)
-    except OSError:  # no file descriptor 1 (embedded interpreters): nothing to silence
+        if stream is not None:
+            stream.flush()
+        saved = os.dup(fd)
+    except OSError:  # no such descriptor (embedded interpreters): nothing to silence
         yield
         return
     try:
         with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 1)
+            os.dup2(null.fileno(), fd)
         yield
     finally:
-        os.dup2(saved, 1)
+        os.dup2(saved, fd)
         os.close(saved)
 
 
@@ -130,7 +144,8 @@ def _export(module: nn.Module, x: torch.Tensor, keep_batchnorm: bool, dynamo: bo
             )
         except torch.onnx.errors.UnsupportedOperatorError as exc:
             raise _unsupported(exc) from exc
-        return path.read_bytes()
+        # dynamo writes weights to an external "model.onnx.data": inline them (checked)
+        return load_onnx_model(path).SerializeToString()
 
 
 def _output_names(module: nn.Module, x: torch.Tensor) -> list[str]:

@@ -160,7 +160,7 @@ def _samples(
     samples: list[dict[str, np.ndarray]] = []
     for item in calibration_inputs:
         if isinstance(item, Mapping):
-            samples.append({k: np.asarray(v, dtype=np.float32) for k, v in item.items()})
+            samples.append({str(k): _float_array(v) for k, v in item.items()})
             continue
         if len(graph.inputs) != 1:
             raise UsageError(
@@ -169,7 +169,7 @@ def _samples(
             )
         name = graph.inputs[0]
         shape = graph.tensor(name).shape
-        array = np.asarray(item, dtype=np.float32)
+        array = _float_array(item)
         if tuple(array.shape) == shape:
             samples.append({name: array})
         elif shape and shape[0] == 1 and tuple(array.shape[1:]) == shape[1:]:
@@ -182,6 +182,13 @@ def _samples(
     if not samples:
         raise UsageError("quantization needs at least one calibration sample")
     return samples
+
+
+def _float_array(value: object) -> np.ndarray:
+    try:
+        return np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"calibration data is not numeric: {exc}") from None
 
 
 # --------------------------------------------------------------------------- arithmetic

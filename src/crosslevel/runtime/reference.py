@@ -49,7 +49,7 @@ def run_reference(
     with np.errstate(all="ignore"):  # inf/nan propagate as in float32 runtimes
         for node in graph.nodes:
             args = [_value(graph, values, name) if name else None for name in node.inputs]
-            values[node.outputs[0]] = _run_node(graph, node, args)
+            values[node.outputs[0]] = run_node(graph, node, args)
     if keep_intermediates:
         return {k: _as_output(graph, k, v) for k, v in values.items()}
     return {name: _as_output(graph, name, values[name]) for name in graph.outputs}
@@ -86,7 +86,7 @@ def simulate_quantized_node(graph: Graph, node: Node, values: Mapping[str, Array
             raise InvalidModelError(f"no value for tensor {name!r} read by {node.name!r}")
         args.append(_dequantized(graph, name, np.asarray(raw)))
     with np.errstate(all="ignore"):
-        out = _run_node(graph, node, args)
+        out = run_node(graph, node, args)
     out_tensor = graph.tensor(node.outputs[0])
     if out_tensor.quant is None:
         return out.astype(out_tensor.dtype)
@@ -148,7 +148,9 @@ def _as_output(graph: Graph, name: str, value: Array) -> Array:
     return value.astype(np.float32) if dtype.startswith("float") else value.astype(dtype)
 
 
-def _run_node(graph: Graph, node: Node, args: list[Array | None]) -> Array:
+def run_node(graph: Graph, node: Node, args: list[Array | None]) -> Array:
+    """One node on float input values (``None`` for omitted inputs), fused activation
+    applied; checks the result against the declared output shape."""
     kernel = KERNELS.get(node.op)
     if kernel is None:
         raise UnsupportedOperatorError(node.op, node.name, "the reference executor lacks it")
