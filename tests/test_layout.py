@@ -23,7 +23,7 @@ from crosslevel.graph.layout import (
     to_graph_layout,
     to_nhwc,
 )
-from crosslevel.ir.graph import Graph, Node, Tensor
+from crosslevel.ir.graph import Graph, Node, QuantParams, Tensor
 from crosslevel.ir.ops import infer_shapes
 from crosslevel.ir.tflite_io import tflite_tensor_order
 from crosslevel.runtime.reference import run_node, run_reference
@@ -265,6 +265,22 @@ def test_branchy_cnn_nhwc_matches_nchw() -> None:
     # the flatten feeds an FC (columns permuted) and the H=W=1 reshape needs nothing
     assert not _nodes(nhwc, "TRANSPOSE")
     assert_same_function(nchw, nhwc)
+    assert_same_in_runtimes(nchw, nhwc)
+
+
+def assert_same_in_runtimes(nchw: Graph, nhwc: Graph) -> None:
+    """ONNX Runtime on the NCHW graph = ONNX Runtime and TFLM (float32) on the NHWC one."""
+    from crosslevel.ir.onnx_io import export_onnx
+    from crosslevel.ir.tflite_io import export_tflite
+    from crosslevel.runtime.ort import run_onnx
+    from crosslevel.runtime.tflm import run_tflm
+
+    inputs = random_inputs(nchw, seed=4)
+    ref = run_onnx(export_onnx(nchw), [inputs[n] for n in nchw.inputs])
+    feeds = [to_graph_layout(nhwc, n, inputs[n]) for n in nhwc.inputs]
+    for outs in (run_onnx(export_onnx(nhwc), feeds), run_tflm(export_tflite(nhwc), feeds)):
+        for name, got, expected in zip(nhwc.outputs, outs, ref, strict=True):
+            assert_close(from_graph_layout(nhwc, name, got), expected)
 
 
 def test_flatten_into_non_fc_transposes_back() -> None:
@@ -278,6 +294,7 @@ def test_flatten_into_non_fc_transposes_back() -> None:
     transposes = _nodes(nhwc, "TRANSPOSE")
     assert len(transposes) == 1 and transposes[0].attrs["perm"] == [0, 3, 1, 2]
     assert_same_function(nchw, nhwc)
+    assert_same_in_runtimes(nchw, nhwc)
 
 
 def test_axis_attributes_are_remapped() -> None:
@@ -299,6 +316,7 @@ def test_axis_attributes_are_remapped() -> None:
     assert nhwc.metadata[METADATA_KEY]["outputs"][conv2] == list(NHWC_PERM)
     assert nhwc.tensors[mean_h].shape == (1, 2, 5)  # rank-3 outputs keep their order
     assert_same_function(nchw, nhwc)
+    assert_same_in_runtimes(nchw, nhwc)
 
 
 def test_fc_flattening_rank4_input_itself_gets_permuted_columns() -> None:
@@ -310,6 +328,32 @@ def test_fc_flattening_rank4_input_itself_gets_permuted_columns() -> None:
     nhwc = to_nhwc(nchw)
     assert not _nodes(nhwc, "TRANSPOSE")
     assert_same_function(nchw, nhwc)
+    assert_same_in_runtimes(nchw, nhwc)
+
+
+def test_qdq_graph_keeps_per_channel_axes() -> None:
+    """QUANTIZE/DEQUANTIZE graphs: per-channel axes follow the permutation."""
+    b = GraphBuilder()
+    x = b.input("x", (1, 4, 6, 6))
+    g = b.graph
+    rng = np.random.default_rng(3)
+    scales = np.array([0.02, 0.05, 0.03, 0.04], np.float32)
+    g.tensors["xq"] = Tensor("xq", (1, 4, 6, 6), "int8", quant=QuantParams(scales, [0] * 4, 1))
+    g.nodes.append(Node("q", "QUANTIZE", [x], ["xq"]))
+    g.tensors["xd"] = Tensor("xd", (1, 4, 6, 6), "float32")
+    g.nodes.append(Node("dq", "DEQUANTIZE", ["xq"], ["xd"]))
+    for name, shape in (("wc", (5, 4, 3, 3)), ("wd", (8, 1, 3, 3))):
+        data = rng.integers(-127, 128, shape).astype(np.int8)
+        quant = QuantParams(np.full(shape[0], 0.01, np.float32), [0] * shape[0], 0)
+        g.tensors[f"{name}_q"] = Tensor(f"{name}_q", shape, "int8", data=data, quant=quant)
+        g.tensors[name] = Tensor(name, shape, "float32")
+        g.nodes.append(Node(f"{name}_dq", "DEQUANTIZE", [f"{name}_q"], [name]))
+    dw = b.op("CONV_2D", ["xd", "wd"], groups=4, pads=(1, 1, 1, 1))
+    nchw = b.done(dw, b.op("CONV_2D", ["xd", "wc"], pads=(1, 1, 1, 1)))
+    nhwc = to_nhwc(nchw)
+    assert nhwc.tensors["xq"].quant.axis == 3
+    assert_same_function(nchw, nhwc)
+    assert [n.op for n in _nodes(nhwc, "DEPTHWISE_CONV_2D")] == ["DEPTHWISE_CONV_2D"]
 
 
 def test_grouped_conv_is_unsupported() -> None:

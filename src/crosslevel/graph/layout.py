@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from crosslevel.errors import InvalidModelError, UnsupportedOperatorError
-from crosslevel.ir.graph import Graph, Node, Tensor, unique_name
+from crosslevel.ir.graph import Graph, Node, QuantParams, Tensor, unique_name
 
 Perm = tuple[int, ...]
 NHWC_PERM: Perm = (0, 2, 3, 1)  # nhwc = nchw.transpose(NHWC_PERM)
@@ -98,6 +98,15 @@ def _same_memory_order(shape: tuple[int, ...], p: Perm) -> bool:
     return moved == sorted(moved)
 
 
+def _permute_quant(
+    quant: QuantParams | None, perm: Perm | None, pad: int = 0
+) -> QuantParams | None:
+    """Per-channel quantization follows its axis through a transpose (QDQ graphs)."""
+    if quant is None or quant.axis is None or perm is None:
+        return quant
+    return QuantParams(quant.scale, quant.zero_point, perm.index(quant.axis + pad))
+
+
 # --------------------------------------------------------------------------- rewriter
 
 
@@ -157,8 +166,9 @@ class _Rewriter:
             name = unique_name(self.taken, f"{old_name}_{suffix}")
         self.taken.add(name)
         shape = tuple(old.shape[p] for p in perm)
+        quant = _permute_quant(old.quant, perm)
         self.tensors[name] = Tensor(
-            name, shape, old.dtype, quant=old.quant, is_variable=old.is_variable
+            name, shape, old.dtype, quant=quant, is_variable=old.is_variable
         )
         self.versions.setdefault(old_name, {})[perm] = name
         return name
@@ -221,7 +231,9 @@ class _Rewriter:
         plain = not key and perm == _identity(len(old.shape))
         name = old_name if plain else unique_name(self.taken, f"{old_name}_{key or 'nhwc'}")
         self.taken.add(name)
-        self.tensors[name] = Tensor(name, value.shape, old.dtype, data=value, quant=old.quant)
+        pad = value.ndim - len(old.shape)  # broadcast constants gain leading 1s
+        quant = _permute_quant(old.quant, perm if data is None or key == "nhwc" else None, pad)
+        self.tensors[name] = Tensor(name, value.shape, old.dtype, data=value, quant=quant)
         if key:
             self.derived[(old_name, key)] = name
         else:
@@ -273,15 +285,13 @@ class _Rewriter:
     def _conv(self, node: Node) -> None:
         x_name, w_name = node.inputs[0], node.inputs[1]
         cin = self.old.tensor(x_name).shape[1]
-        w = self.old.tensor(w_name)
-        if w.data is None:
-            raise UnsupportedOperatorError("CONV_2D", node.name, "weights must be constant")
+        w = self.old.tensor(w_name)  # constant, or computed (DEQUANTIZE in QDQ graphs)
         groups = int(node.attrs.get("groups", 1))
         attrs = {k: v for k, v in node.attrs.items() if k != "groups"}
         rest = [self._orig(b) if b else "" for b in node.inputs[2:]]
         x = self._get(x_name, NHWC_PERM)
         if groups == 1:
-            weights = self._const(w_name, NHWC_PERM)  # OIHW -> OHWI
+            weights = self._get(w_name, NHWC_PERM)  # OIHW -> OHWI
             self._finish(node, [x, weights, *rest], attrs, NHWC_PERM)
             return
         out_ch = w.shape[0]
@@ -292,7 +302,7 @@ class _Rewriter:
                 f"grouped convolution with {groups} groups over {cin} channels: TFLite has "
                 "only plain (1 group) and depthwise (groups = in channels) convolutions",
             )
-        weights = self._const(w_name, (1, 2, 3, 0))  # [C*M, 1, kh, kw] -> [1, kh, kw, C*M]
+        weights = self._get(w_name, (1, 2, 3, 0))  # [C*M, 1, kh, kw] -> [1, kh, kw, C*M]
         attrs["depth_multiplier"] = out_ch // cin
         self._finish(node, [x, weights, *rest], attrs, NHWC_PERM, op="DEPTHWISE_CONV_2D")
 

@@ -59,7 +59,9 @@ CalibrationSample = np.ndarray | Mapping[str, np.ndarray]
 
 
 @dataclass
-class _Range:
+class ActivationRange:
+    """The real range [lo, hi] an activation took during calibration (0 always inside)."""
+
     lo: float = 0.0
     hi: float = 0.0
 
@@ -68,7 +70,7 @@ class _Range:
             self.lo = min(self.lo, float(np.min(values)))
             self.hi = max(self.hi, float(np.max(values)))
 
-    def merge(self, other: _Range) -> None:
+    def merge(self, other: ActivationRange) -> None:
         self.lo, self.hi = min(self.lo, other.lo), max(self.hi, other.hi)
 
 
@@ -108,9 +110,11 @@ def dequantize_output(q: np.ndarray, tensor: Tensor) -> np.ndarray:
     return ((np.asarray(q, dtype=np.float64) - zp) * scale).astype(np.float32)
 
 
-def calibrate_ranges(graph: Graph, samples: Sequence[dict[str, np.ndarray]]) -> dict[str, _Range]:
+def calibrate_ranges(
+    graph: Graph, samples: Sequence[dict[str, np.ndarray]]
+) -> dict[str, ActivationRange]:
     """Min-max range of every activation over the samples, each widened to include 0."""
-    ranges = {t.name: _Range() for t in graph.activations()}
+    ranges = {t.name: ActivationRange() for t in graph.activations()}
     for sample in samples:
         values = run_reference(graph, sample, keep_intermediates=True)
         for name, value in values.items():
@@ -272,7 +276,7 @@ class _Groups:
 
 
 class _Quantizer:
-    def __init__(self, graph: Graph, ranges: dict[str, _Range], samples: int, method: str):
+    def __init__(self, graph: Graph, ranges: dict[str, ActivationRange], samples: int, method: str):
         self.src = graph
         self.ranges = ranges
         self.samples = samples
@@ -316,15 +320,19 @@ class _Quantizer:
                 members = [i for i in node.inputs if i and not self.src.tensor(i).is_constant]
                 for name in [*members, node.outputs[0]]:
                     groups.union(node.outputs[0], name)
-        merged: dict[str, _Range] = {}
+        merged: dict[str, ActivationRange] = {}
         for name in names:
-            merged.setdefault(groups.find(name), _Range()).merge(self.ranges[name])
+            merged.setdefault(groups.find(name), ActivationRange()).merge(self.ranges[name])
         for node in self.src.nodes:  # constants moved by shared ops join their group range
-            if node.op in SHARED_OPS:
-                for name in node.inputs:
-                    data = self.src.tensor(name).data if name else None
-                    if data is not None:
-                        merged[groups.find(node.outputs[0])].add(np.asarray(data))
+            if node.op not in SHARED_OPS:
+                continue
+            group = merged[groups.find(node.outputs[0])]
+            for name in node.inputs:
+                data = self.src.tensor(name).data if name else None
+                if data is not None:
+                    group.add(np.asarray(data))
+            if node.op == "PAD":  # the padding value is written into the output too
+                group.add(np.array([float(node.attrs.get("value", 0.0))]))
         fixed = self._fixed_params(groups)
         for name in names:
             root = groups.find(name)
