@@ -8,28 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from crosslevel.model import mlperf_tiny
+
 sys.path.insert(0, str(Path(__file__).parent))
-
-def _find_models_dir() -> Path:
-    """$CROSSLEVEL_MODELS, else ../shared/models/mlperf-tiny beside the checkout."""
-    if "CROSSLEVEL_MODELS" in os.environ:
-        return Path(os.environ["CROSSLEVEL_MODELS"])
-    candidates = [
-        Path(__file__).resolve().parents[2] / "shared" / "models" / "mlperf-tiny",
-        Path("/work/shared/models/mlperf-tiny"),
-    ]
-    return next((c for c in candidates if c.is_dir()), candidates[0])
-
-
-MODELS_DIR = _find_models_dir()
 
 
 @pytest.fixture(scope="session")
 def models_dir() -> Path:
     """The real MLPerf Tiny models (../shared/models/mlperf-tiny, or $CROSSLEVEL_MODELS)."""
-    if not MODELS_DIR.is_dir():
-        raise RuntimeError(f"real models not found at {MODELS_DIR}; set CROSSLEVEL_MODELS")
-    return MODELS_DIR
+    return mlperf_tiny.models_dir()
 
 
 @pytest.fixture(autouse=True, scope="session")

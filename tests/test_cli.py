@@ -96,7 +96,9 @@ def test_console_script_end_to_end(models_dir: Path) -> None:
     exe = Path(sys.executable).with_name("crosslevel")
     proc = subprocess.run(
         [str(exe), "analyze", str(models_dir / "nope.onnx")],
-        capture_output=True, text=True, timeout=110,
+        capture_output=True,
+        text=True,
+        timeout=110,
     )
     assert proc.returncode == 2
     assert proc.stdout == "" and proc.stderr.count("\n") == 1

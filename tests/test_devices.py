@@ -14,11 +14,13 @@ from crosslevel.hardware.devices import (
     DEVICE_FORMAT,
     KINDS,
     LINK_FORMAT,
+    catalogue_dict,
     devices_dict,
     devices_table,
     get_device,
     get_link,
     links_dict,
+    links_table,
     load_devices,
     load_links,
     probe_host,
@@ -156,13 +158,21 @@ def test_missing_file_is_a_usage_error(tmp_path: Path) -> None:
         load_devices(tmp_path / "nope.json")
 
 
-def test_table_renders_every_device() -> None:
+def test_table_renders_every_device_and_link() -> None:
     console = Console(record=True, width=240)
     console.print(devices_table(load_devices()))
+    console.print(links_table())
     text = console.export_text()
-    for name in REQUIRED_DEVICES:
+    for name in [*REQUIRED_DEVICES, *REQUIRED_LINKS]:
         assert name in text
     assert "(m)" in text and "*" in text  # measured and estimated fields are marked
+
+
+def test_catalogue_json_holds_devices_and_links_and_reloads(tmp_path: Path) -> None:
+    doc = catalogue_dict(load_devices())
+    assert {d["name"] for d in doc["devices"]} >= set(REQUIRED_DEVICES)
+    assert {link["name"] for link in doc["links"]} >= REQUIRED_LINKS
+    assert load_devices(_write(tmp_path, doc))["esp32s3"] == get_device("esp32s3")
 
 
 def test_links_load_with_sources_and_user_overrides(tmp_path: Path) -> None:
@@ -174,9 +184,7 @@ def test_links_load_with_sources_and_user_overrides(tmp_path: Path) -> None:
     assert links["ethernet"].rtt_ms < links["wifi"].rtt_ms < links["lte"].rtt_ms
     wifi = get_link("WiFi")
     assert wifi.transfer_ms(1_000_000) > wifi.transfer_ms(1_000) > wifi.rtt_ms / 2
-    extra = _write(
-        tmp_path, {"format": LINK_FORMAT, "links": [{"name": "wifi", "rtt_ms": 40.0}]}
-    )
+    extra = _write(tmp_path, {"format": LINK_FORMAT, "links": [{"name": "wifi", "rtt_ms": 40.0}]})
     assert load_links(extra)["wifi"].rtt_ms == 40.0
     assert links_dict(load_links(extra))["format"] == LINK_FORMAT
     with pytest.raises(UsageError, match="known links"):

@@ -56,7 +56,7 @@ def test_dangling_tensor() -> None:
 def test_undefined_tensor() -> None:
     graph = _conv_graph()
     graph.nodes[1].inputs = ["nowhere"]
-    with pytest.raises(InvalidModelError, match="not defined"):
+    with pytest.raises(InvalidModelError, match="undefined tensor"):
         graph.validate()
 
 

@@ -16,22 +16,7 @@ from crosslevel.memory.lifetimes import (
     peak_live_bytes,
 )
 from crosslevel.memory.tflm_greedy import plan_tflm_greedy
-
-INT8_MODELS = [
-    "kws_ref_model.tflite",
-    "pretrainedResnet_quant.tflite",
-    "vww_96_int8.tflite",
-    "ad01_int8.tflite",
-    "str_ww_ref_model.tflite",
-]
-# Lower bounds for the file's order, from ../shared/models/mlperf-tiny/README.md.
-FILE_ORDER_BOUNDS = {
-    "kws_ref_model.tflite": 16_000,
-    "pretrainedResnet_quant.tflite": 49_152,
-    "vww_96_int8.tflite": 55_296,
-    "ad01_int8.tflite": 768,
-    "str_ww_ref_model.tflite": 6_656,
-}
+from crosslevel.model.mlperf_tiny import FILE_ORDER_BOUNDS, INT8_FILES
 
 
 def _chain_with_branch() -> Graph:
@@ -99,7 +84,7 @@ def test_greedy_ties_place_the_later_listed_buffer_first() -> None:
     assert plan.offsets == {"second": 0, "first": 16}
 
 
-@pytest.mark.parametrize("name", INT8_MODELS)
+@pytest.mark.parametrize("name", INT8_FILES)
 def test_greedy_restatement_equals_measured_tflm_head(models_dir: Path, name: str) -> None:
     from crosslevel.ir.tflite_io import import_tflite
     from crosslevel.runtime.tflm import measure_tflm_arena
@@ -109,3 +94,29 @@ def test_greedy_restatement_equals_measured_tflm_head(models_dir: Path, name: st
     buffers = buffers_for_order(graph)
     assert plan_tflm_greedy(buffers).arena_bytes == measure_tflm_arena(data).head_bytes
     assert peak_live_bytes(buffers, len(graph.nodes)) == FILE_ORDER_BOUNDS[name]
+
+
+# Int8 models the project makes itself (minimal PTQ of zoo models), branching ones included;
+# the three largest are left to benchmarks/arena_tflm.py to keep the suite fast.
+ZOO_INT8 = [
+    "digits_cnn",
+    "ds_cnn",
+    "fc_autoencoder",
+    "imu_cnn",
+    "mnist1d_cnn",
+    "mcunet_v2",
+    "inception_cells",
+]
+
+
+@pytest.mark.parametrize("name", ZOO_INT8)
+def test_greedy_restatement_equals_tflm_on_zoo_int8(name: str) -> None:
+    from crosslevel.ir.tflite_io import import_tflite
+    from crosslevel.model.int8_zoo import zoo_int8_tflite
+    from crosslevel.runtime.tflm import measure_tflm_arena
+
+    data = zoo_int8_tflite(name)
+    graph = import_tflite(data)
+    buffers = buffers_for_order(graph)
+    assert plan_tflm_greedy(buffers).arena_bytes == measure_tflm_arena(data).head_bytes
+    assert peak_live_bytes(buffers, len(graph.nodes)) <= measure_tflm_arena(data).head_bytes

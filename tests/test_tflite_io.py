@@ -10,7 +10,6 @@ from typing import Any
 import flatbuffers
 import numpy as np
 import pytest
-from conftest import MODELS_DIR as MODELS  # ../shared/models/mlperf-tiny or $CROSSLEVEL_MODELS
 from fuzz_helpers import corruptions, time_limit
 from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
 
@@ -24,7 +23,10 @@ from crosslevel.ir.tflite_io import (
     tflite_tensor_order,
     tflite_tensors,
 )
+from crosslevel.model.mlperf_tiny import models_dir
 from crosslevel.runtime.tflm import TflmError, TflmInterpreter, measure_tflm_arena, run_tflm
+
+MODELS = models_dir()
 
 ALL_FILES = sorted(p.name for p in MODELS.glob("*.tflite"))
 TFLM_FAILS = {"kws_ref_model_float32.tflite"}  # hybrid CONV_2D: TFLM itself cannot prepare it

@@ -9,11 +9,11 @@ from typing import Any
 import flatbuffers
 import numpy as np
 import pytest
-from conftest import MODELS_DIR as MODELS  # ../shared/models/mlperf-tiny or $CROSSLEVEL_MODELS
 from tflite_micro.python.tflite_micro import runtime
 from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
 
 from crosslevel.errors import InvalidModelError, UsageError
+from crosslevel.model.mlperf_tiny import models_dir
 from crosslevel.runtime.tflm import (
     TflmArena,
     TflmError,
@@ -23,6 +23,8 @@ from crosslevel.runtime.tflm import (
     parse_allocations,
     run_tflm,
 )
+
+MODELS = models_dir()
 
 # shared/models/mlperf-tiny/README.md, "Baselines measured on a project machine"
 README_ARENAS = {

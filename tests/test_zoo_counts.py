@@ -15,9 +15,7 @@ WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
 def _torch_weight_elements(model: nn.Module) -> int:
     """Weights of every Conv2d and Linear: what the IR's weighted operators must hold."""
-    return sum(
-        m.weight.numel() for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)
-    )
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear))
 
 
 @pytest.mark.parametrize("name", zoo.list_models())

@@ -102,24 +102,26 @@ def zoo(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 
     from crosslevel.model.zoo import ZOO
 
-    rows = [
-        {
-            "name": e.name,
-            "input_shape": list(e.input_shape),
-            "dataset": e.dataset,
-            "description": e.description,
-        }
-        for e in ZOO.values()
-    ]
+    entries = list(ZOO.values())
     if as_json:
-        print_json(rows)
+        print_json(
+            [
+                {
+                    "name": e.name,
+                    "input_shape": list(e.input_shape),
+                    "dataset": e.dataset,
+                    "description": e.description,
+                }
+                for e in entries
+            ]
+        )
         return
     table = Table(title="zoo models")
     for col in ("name", "input", "data set", "description"):
         table.add_column(col)
-    for r in rows:
-        shape = "x".join(map(str, r["input_shape"]))
-        table.add_row(r["name"], shape, str(r["dataset"] or "-"), r["description"])
+    for e in entries:
+        shape = "x".join(map(str, e.input_shape))
+        table.add_row(e.name, shape, e.dataset or "-", e.description)
     console.print(table)
 
 

@@ -278,7 +278,7 @@ class Calibration:
     @classmethod
     def from_dict(cls, doc: Any, where: str = "calibration") -> Calibration:
         if not isinstance(doc, dict) or doc.get("format") != CALIBRATION_FORMAT:
-            raise UsageError(f"{where}: expected \"format\": \"{CALIBRATION_FORMAT}\"")
+            raise UsageError(f'{where}: expected "format": "{CALIBRATION_FORMAT}"')
         try:
             f = doc["factors"]
             factors = CostFactors(

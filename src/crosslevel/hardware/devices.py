@@ -197,9 +197,9 @@ def _read_json(path: Path, what: str) -> Any:
 
 def _entries(doc: Any, path: Path, fmt: str, key: str) -> list[dict[str, Any]]:
     if not isinstance(doc, dict):
-        raise UsageError(f"{path}: expected a JSON object with \"format\": \"{fmt}\"")
+        raise UsageError(f'{path}: expected a JSON object with "format": "{fmt}"')
     if doc.get("format") != fmt:
-        raise UsageError(f"{path}: \"format\" is {doc.get('format')!r}, expected {fmt!r}")
+        raise UsageError(f'{path}: "format" is {doc.get("format")!r}, expected {fmt!r}')
     items = doc.get(key)
     if not isinstance(items, list) or not all(isinstance(e, dict) for e in items):
         raise UsageError(f"{path}: {key!r} must be a list of objects")
@@ -430,8 +430,42 @@ def links_dict(links: dict[str, Link] | list[Link]) -> dict[str, Any]:
     return {"format": LINK_FORMAT, "links": [link.to_dict() for link in rows]}
 
 
+def catalogue_dict(
+    devices: dict[str, Device] | list[Device], links: dict[str, Link] | None = None
+) -> dict[str, Any]:
+    """Devices and links in one document (``crosslevel devices --json``).
+
+    It is a valid ``crosslevel.devices/1`` file (loaders ignore the extra ``links`` key),
+    so a user can save it, edit it and pass it back with ``--file``.
+    """
+    doc = devices_dict(devices)
+    doc["links"] = links_dict(links if links is not None else load_links())["links"]
+    return doc
+
+
+def links_table(links: dict[str, Link] | list[Link] | None = None) -> Table:
+    """A Rich table of the network links."""
+    known = load_links() if links is None else links
+    rows = list(known.values()) if isinstance(known, dict) else list(known)
+    table = Table(title="Network links", caption="typical sustained rates; see --json for sources")
+    table.add_column("name")
+    for col in ("up Mbit/s", "down Mbit/s", "peak Mbit/s", "RTT ms"):
+        table.add_column(col, justify="right")
+    for link in rows:
+        table.add_row(
+            link.name,
+            f"{link.bandwidth_up_bps / 1e6:.3g}",
+            f"{link.bandwidth_down_bps / 1e6:.3g}",
+            "-" if link.peak_bps is None else f"{link.peak_bps / 1e6:.3g}",
+            f"{link.rtt_ms:g}",
+        )
+    return table
+
+
 __all__ = [
     "DEVICE_FORMAT",
+    "catalogue_dict",
+    "links_table",
     "KINDS",
     "LINK_FORMAT",
     "Device",

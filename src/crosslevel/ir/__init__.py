@@ -1,1 +1,1 @@
-"""The intermediate representation every level reads and writes, with its importers and exporters."""
+"""The IR every level reads and writes, with its importers and exporters."""

@@ -190,7 +190,7 @@ class Graph:
                     continue
                 if name not in self.tensors:
                     raise InvalidModelError(
-                        f"node {node.name!r} ({node.op}) reads tensor {name!r}, which is not defined"
+                        f"node {node.name!r} ({node.op}) reads undefined tensor {name!r}"
                     )
                 if name not in available and name not in producer:
                     raise InvalidModelError(

@@ -14,10 +14,27 @@ from crosslevel.ir.graph import Graph, Node
 # the IR does not hold.)
 _NO_SCRATCH = frozenset(
     {
-        "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "SUB", "MUL",
-        "AVERAGE_POOL_2D", "MAX_POOL_2D", "RESHAPE", "SOFTMAX", "QUANTIZE", "DEQUANTIZE",
-        "PAD", "CONCATENATION", "RELU", "RELU6", "LOGISTIC", "TANH", "TRANSPOSE",
-        "HARD_SWISH", "LEAKY_RELU",
+        "CONV_2D",
+        "DEPTHWISE_CONV_2D",
+        "FULLY_CONNECTED",
+        "ADD",
+        "SUB",
+        "MUL",
+        "AVERAGE_POOL_2D",
+        "MAX_POOL_2D",
+        "RESHAPE",
+        "SOFTMAX",
+        "QUANTIZE",
+        "DEQUANTIZE",
+        "PAD",
+        "CONCATENATION",
+        "RELU",
+        "RELU6",
+        "LOGISTIC",
+        "TANH",
+        "TRANSPOSE",
+        "HARD_SWISH",
+        "LEAKY_RELU",
     }
 )
 

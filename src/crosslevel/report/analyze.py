@@ -55,7 +55,7 @@ class MemoryFigures:
 class DeviceFit:
     device: str
     ram_bytes: int
-    flash_bytes: int
+    flash_bytes: int | None
     needs_ram_bytes: int
     needs_flash_bytes: int
     fits_ram: bool
@@ -167,24 +167,30 @@ def analyze(model: LoadedModel, device: str | None = None, measure: bool = True)
     return report
 
 
-def device_fit(graph: Graph, report: AnalyzeReport, device_name: str) -> DeviceFit:
-    """Does it fit the device, and what latency and energy are predicted there."""
+def device_fit(
+    graph: Graph, report: AnalyzeReport, device_name: str, calibration: Any = None
+) -> DeviceFit:
+    """Does it fit the device, and what latency and energy are predicted there.
+
+    RAM needed is the activation arena (TFLM's measured head when we have it, else our
+    restatement of its planner); flash needed is the model file, else the weights. A device
+    without a flash figure (DRAM boards that boot from storage) never runs out of it.
+    """
     from crosslevel.hardware.cost_model import predict_latency
     from crosslevel.hardware.devices import get_device
 
     device = get_device(device_name)
     needs_ram = report.memory.tflm_measured_head_bytes or report.memory.tflm_greedy_bytes
     needs_flash = report.file_bytes or report.weight_bytes
-    prediction = predict_latency(graph, device)
-    ram = device.ram_bytes
+    prediction = predict_latency(graph, device, calibration)
     return DeviceFit(
         device=device.name,
-        ram_bytes=ram,
+        ram_bytes=device.memory_bytes,
         flash_bytes=device.flash_bytes,
         needs_ram_bytes=needs_ram,
         needs_flash_bytes=needs_flash,
-        fits_ram=needs_ram <= ram,
-        fits_flash=needs_flash <= device.flash_bytes,
+        fits_ram=needs_ram <= device.memory_bytes,
+        fits_flash=device.flash_bytes is None or needs_flash <= device.flash_bytes,
         latency_ms=prediction.total_ms,
         energy_mj=prediction.energy_mj,
         latency_label=prediction.label,
@@ -199,14 +205,21 @@ def render(report: AnalyzeReport, console: Any) -> None:
     """Print the report with Rich: layers, totals, memory, device."""
     from rich.table import Table
 
-    table = Table(title=f"{report.model} ({report.kind}, {report.layout}, {'/'.join(report.dtypes)})")
+    table = Table(
+        title=f"{report.model} ({report.kind}, {report.layout}, {'/'.join(report.dtypes)})"
+    )
     for col in ("#", "layer", "op", "output", "params", "MACs", "act. bytes"):
         table.add_column(col, justify="right" if col not in ("layer", "op", "output") else "left")
     for i, row in enumerate(report.layers):
         op = row.op if row.activation == "NONE" else f"{row.op}+{row.activation}"
         table.add_row(
-            str(i), row.name[-40:], op, "x".join(map(str, row.output_shape)),
-            f"{row.params:,}", f"{row.macs:,}", f"{row.activation_bytes:,}",
+            str(i),
+            row.name[-40:],
+            op,
+            "x".join(map(str, row.output_shape)),
+            f"{row.params:,}",
+            f"{row.macs:,}",
+            f"{row.activation_bytes:,}",
         )
     console.print(table)
     mem = report.memory
@@ -218,12 +231,20 @@ def render(report: AnalyzeReport, console: Any) -> None:
     if report.file_bytes is not None:
         summary.add_row("model file", _kib(report.file_bytes))
     summary.add_row("MACs", f"{report.macs:,}")
-    summary.add_row(f"activation RAM, no reuse ({mem.alignment}-B aligned)", _kib(mem.no_reuse_bytes))
-    summary.add_row("activation RAM, TFLM greedy planner (ours, restated)", _kib(mem.tflm_greedy_bytes))
+    summary.add_row(
+        f"activation RAM, no reuse ({mem.alignment}-B aligned)", _kib(mem.no_reuse_bytes)
+    )
+    summary.add_row(
+        "activation RAM, TFLM greedy planner (ours, restated)", _kib(mem.tflm_greedy_bytes)
+    )
     summary.add_row("lower bound for this operator order", _kib(mem.lower_bound_bytes))
     if mem.tflm_measured_head_bytes is not None:
-        summary.add_row("TFLM head arena, measured (tflite-micro)", _kib(mem.tflm_measured_head_bytes))
-        summary.add_row("TFLM tail arena, measured (tflite-micro)", _kib(mem.tflm_measured_tail_bytes))
+        summary.add_row(
+            "TFLM head arena, measured (tflite-micro)", _kib(mem.tflm_measured_head_bytes)
+        )
+        summary.add_row(
+            "TFLM tail arena, measured (tflite-micro)", _kib(mem.tflm_measured_tail_bytes)
+        )
     if mem.tflm_measure_error:
         summary.add_row("TFLM measurement", f"failed: {mem.tflm_measure_error}")
     console.print(summary)
@@ -242,8 +263,12 @@ def _render_device(fit: DeviceFit, console: Any) -> None:
     table = Table(title=f"on {fit.device}")
     for col in ("resource", "needs", "has", "verdict"):
         table.add_column(col)
-    table.add_row("RAM (activations)", _kib(fit.needs_ram_bytes), _kib(fit.ram_bytes), verdict(fit.fits_ram))
-    table.add_row("flash", _kib(fit.needs_flash_bytes), _kib(fit.flash_bytes), verdict(fit.fits_flash))
+    table.add_row(
+        "RAM (activations)", _kib(fit.needs_ram_bytes), _kib(fit.ram_bytes), verdict(fit.fits_ram)
+    )
+    table.add_row(
+        "flash", _kib(fit.needs_flash_bytes), _kib(fit.flash_bytes), verdict(fit.fits_flash)
+    )
     table.add_row("latency", f"{fit.latency_ms:.3f} ms", "", fit.latency_label)
     table.add_row("energy", f"{fit.energy_mj:.4f} mJ", "", fit.latency_label)
     console.print(table)
