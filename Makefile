@@ -17,8 +17,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/crosslevel analyze zoo:mobilenet_v2 --device stm32f746
-	$(BIN)/crosslevel analyze ../shared/models/mlperf-tiny/vww_96_int8.tflite --device stm32f746
+	$(BIN)/crosslevel analyze zoo:mobilenet_v2 --int8 --device stm32f746
+	$(BIN)/crosslevel analyze mlperf:vww_96_int8.tflite --device stm32f746
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

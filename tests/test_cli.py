@@ -48,6 +48,35 @@ def test_analyze_zoo_model() -> None:
     assert report["memory"]["tflm_measured_head_bytes"] is None
 
 
+def test_analyze_zoo_int8_is_measured_in_tflm() -> None:
+    result = _run("analyze", "zoo:digits_cnn", "--int8", "--json", "--device", "nrf52840")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    mem = report["memory"]
+    assert report["kind"] == "tflite" and report["dtypes"] == ["int8"]
+    assert mem["tflm_greedy_bytes"] == mem["tflm_measured_head_bytes"]
+    fit = report["device"]
+    assert (
+        fit["needs_ram_bytes"] == mem["tflm_measured_head_bytes"] + mem["tflm_measured_tail_bytes"]
+    )
+    assert fit["fits_ram"] and "predicted" in fit["latency_label"]
+
+
+def test_graph_passes_shrink_zoo_models() -> None:
+    raw = json.loads(_run("analyze", "zoo:mobilenet_v2", "--json", "--no-graph-passes").stdout)
+    opt = json.loads(_run("analyze", "zoo:mobilenet_v2", "--json").stdout)
+    assert len(opt["layers"]) < len(raw["layers"])
+    assert opt["macs"] == raw["macs"]
+    assert opt["memory"]["tflm_greedy_bytes"] < raw["memory"]["tflm_greedy_bytes"]
+
+
+def test_mlperf_prefix_and_int8_on_files() -> None:
+    result = _run("analyze", "mlperf:ad01_int8.tflite", "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["memory"]["tflm_greedy_bytes"] == 768
+    result = _run("analyze", "mlperf:ad01_int8.tflite", "--int8")
+    assert result.exit_code == 2 and "zoo models" in result.output
+
+
 def test_missing_file_is_usage_error(tmp_path: Path) -> None:
     result = _run("analyze", str(tmp_path / "nope.tflite"))
     assert result.exit_code == 2

@@ -192,7 +192,7 @@ def test_calibration_file_round_trip_and_validation(tmp_path: Path) -> None:
     path = tmp_path / "calibration.json"
     cal.save(path)
     doc = json.loads(path.read_text())
-    assert doc["format"] == "crosslevel.calibration/1"
+    assert doc["format"] == "crosslevel.calibration/2"
     loaded = Calibration.load(path)
     assert loaded == cal
     for bad in (

@@ -120,3 +120,20 @@ def test_greedy_restatement_equals_tflm_on_zoo_int8(name: str) -> None:
     buffers = buffers_for_order(graph)
     assert plan_tflm_greedy(buffers).arena_bytes == measure_tflm_arena(data).head_bytes
     assert peak_live_bytes(buffers, len(graph.nodes)) <= measure_tflm_arena(data).head_bytes
+
+
+def test_greedy_restatement_equals_tflm_on_float_branching_export() -> None:
+    """Float32 NHWC export of the irregularly wired zoo model (MEAN included)."""
+    from crosslevel.graph import optimize_graph
+    from crosslevel.graph.layout import to_nhwc
+    from crosslevel.ir.tflite_io import export_tflite
+    from crosslevel.ir.torch_io import import_torch
+    from crosslevel.model import zoo
+    from crosslevel.runtime.tflm import measure_tflm_arena
+
+    entry = zoo.ZOO["inception_cells"]
+    graph = to_nhwc(optimize_graph(import_torch(zoo.build(entry.name), (1, *entry.input_shape))))
+    assert "MEAN" in {n.op for n in graph.nodes}
+    data = export_tflite(graph)
+    buffers = buffers_for_order(graph)
+    assert plan_tflm_greedy(buffers).arena_bytes == measure_tflm_arena(data).head_bytes

@@ -26,7 +26,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
+# Piped output (make demo, CI logs) gets room for the per-layer table instead of 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 140)
 err_console = Console(stderr=True, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -76,6 +77,14 @@ def analyze(
         bool,
         typer.Option(help="Run the real tflite-micro interpreter to measure its arena."),
     ] = True,
+    int8: Annotated[
+        bool,
+        typer.Option("--int8", help="Zoo models: analyze the int8 .tflite our PTQ makes."),
+    ] = False,
+    graph_passes: Annotated[
+        bool,
+        typer.Option(help="Apply the graph passes to ONNX/zoo models before reporting."),
+    ] = True,
 ) -> None:
     """Per-layer table, params, flash, MACs and peak activation RAM of a model.
 
@@ -87,7 +96,8 @@ def analyze(
     from crosslevel.report.analyze import analyze as build_report
     from crosslevel.report.analyze import render
 
-    report = build_report(load_model(model), device=device, measure=measure)
+    loaded = load_model(model, int8=int8)
+    report = build_report(loaded, device=device, measure=measure, graph_passes=graph_passes)
     if as_json:
         print_json(report.to_json())
     else:

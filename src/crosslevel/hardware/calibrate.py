@@ -20,7 +20,9 @@ and scores against it instead (it moved by under 2 % between runs here).
 
 from __future__ import annotations
 
+import json
 import math
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,11 +33,15 @@ import numpy as np
 from scipy.optimize import least_squares
 
 from crosslevel.hardware.cost_model import (
+    EFF_LIMITS,
+    SHAPE_REF,
     Calibration,
     CostFactors,
     GraphFeatures,
     default_factors,
+    node_costs,
     predict_features_s,
+    predict_nodes_s,
 )
 from crosslevel.hardware.devices import Device, get_device
 from crosslevel.ir.graph import Graph
@@ -121,6 +127,7 @@ class Measurement:
     runs: int  # timed runs in each round
     round_medians_ms: list[float] = field(default_factory=list)
     min_ms: float = math.nan  # fastest single run over all rounds
+    node_ms: dict[str, float] = field(default_factory=dict)  # IR node -> profiled kernel ms
 
 
 def compile_spec(
@@ -155,6 +162,99 @@ def _runs_for(first_ms: float, budget_s: float) -> int:
     return int(min(400, max(5, budget_s / max(first_ms, 1e-3) * 1e3)))
 
 
+# ----------------------------------------------------------------------------- profiling
+_MAC_IR_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL"}
+_MAC_ORT_OPS = {"Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul"}
+_PROFILE_WARMUP = 3  # profiled runs left out (first-run allocation, cold caches)
+
+
+class NodeMapper:
+    """Maps ONNX Runtime's profiled kernels back to the IR node whose cost they are.
+
+    ORT names a kernel after its node, and nodes it rewrote (NCHWc convolutions, fused
+    Conv+Relu/Clip/Add) after the output they produce, with a ``_nchwc`` suffix. A name
+    that is an IR node or tensor leads to that node; a kernel for a node our model calls
+    fused is charged to the node it is fused into; a convolution ORT fused with the
+    residual ADD after it is charged to that convolution. Kernels with no IR counterpart
+    (layout reorders) are left out: the whole-model overhead covers them.
+    """
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.nodes = {n.name: n for n in graph.nodes}
+        self.order = {n.name: i for i, n in enumerate(graph.nodes)}
+        self.producer = {t: n.name for n in graph.nodes for t in n.outputs if t}
+        self.fused = {c.name for c in node_costs(graph) if c.fused}
+
+    def _root(self, name: str) -> str:
+        while name in self.fused:
+            source = self.producer.get(self.nodes[name].inputs[0])
+            if source is None:
+                break
+            name = source
+        return name
+
+    def ir_node(self, kernel_name: str, ort_op: str) -> str | None:
+        """The IR node a profiled kernel belongs to, or None."""
+        base = kernel_name.removesuffix("_kernel_time").removesuffix("_nchwc")
+        name = base if base in self.nodes else self.producer.get(base)
+        if name is None:
+            return None
+        name = self._root(name)
+        if ort_op in _MAC_ORT_OPS and self.nodes[name].op not in _MAC_IR_OPS:
+            sources = [self._root(self.producer[t]) for t in self.nodes[name].inputs
+                       if t in self.producer]  # fmt: skip
+            macs = [n for n in sources if self.nodes[n].op in _MAC_IR_OPS]
+            name = max(macs, key=self.order.__getitem__) if macs else name
+        return name
+
+
+def profile_nodes(
+    onnx_bytes: bytes, graph: Graph, shape: tuple[int, ...], runs: int
+) -> dict[str, float]:
+    """Per IR node, the median over ``runs`` of its ONNX Runtime kernel time (ms).
+
+    Uses ORT's own profiler (one thread, like the whole-model timing); its trace is
+    written to a temporary folder and removed.
+    """
+    import onnxruntime as ort
+
+    from crosslevel.runtime.ort import session_options
+
+    mapper = NodeMapper(graph)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    with tempfile.TemporaryDirectory(prefix="crosslevel-prof-") as tmp:
+        options = session_options(1)
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tmp) / "ort")
+        session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: x}
+        for _ in range(_PROFILE_WARMUP + runs):
+            session.run(None, feed)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    return _node_medians(events, mapper, runs)
+
+
+def _node_medians(events: list[dict[str, Any]], mapper: NodeMapper, runs: int) -> dict[str, float]:
+    """Sum each run's kernel times per IR node, then the median over runs (ms)."""
+    per_node: dict[str, list[float]] = {}
+    seen: dict[str, int] = {}
+    for event in events:
+        if event.get("cat") != "Node" or not str(event.get("name", "")).endswith("_kernel_time"):
+            continue
+        node = mapper.ir_node(event["name"], str(event.get("args", {}).get("op_name", "")))
+        if node is None:
+            continue
+        # The k-th occurrence of a kernel is in run k (the first ones are warm-ups);
+        # several kernels may belong to one IR node.
+        run = seen.get(event["name"], 0)
+        seen[event["name"]] = run + 1
+        times = per_node.setdefault(node, [0.0] * runs)
+        if _PROFILE_WARMUP <= run < _PROFILE_WARMUP + runs:
+            times[run - _PROFILE_WARMUP] += float(event["dur"]) / 1e3
+    return {n: float(np.median(t)) for n, t in per_node.items() if np.median(t) > 0}
+
+
 def measure_models(
     specs: Sequence[ModelSpec],
     device: Device,
@@ -162,20 +262,25 @@ def measure_models(
     round_budget_s: float = 0.1,
     progress: bool = True,
     cache_dir: Path | None = None,
+    profile_runs: int = 40,
 ) -> list[Measurement]:
-    """Compile every variant, then time them in ``rounds`` interleaved rounds.
+    """Compile every variant, time them in ``rounds`` interleaved rounds, then profile.
 
     Interleaving spreads a burst of load from other processes over all variants instead
-    of one; each variant keeps the median of its quietest round.
+    of one; each variant keeps the median of its quietest round. Profiling runs each
+    variant up to ``profile_runs`` times under ORT's profiler for per-node kernel times
+    (0 skips it: the fit then uses whole-model times only).
     """
     from rich.progress import Progress
 
     compiled: list[tuple[ModelSpec, GraphFeatures, bytes, tuple[int, ...]]] = []
+    graphs: list[Graph] = []
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("exporting and importing models", total=len(specs))
         for spec in specs:
             graph, onnx_bytes, shape = compile_spec(spec, cache_dir)
             compiled.append((spec, GraphFeatures.of(graph, device, spec.label), onnx_bytes, shape))
+            graphs.append(graph)
             bar.advance(task)
         runs = [_runs_for(_time_round(data, shape, 3)[0], round_budget_s)
                 for _, _, data, shape in compiled]  # fmt: skip
@@ -188,10 +293,30 @@ def measure_models(
                 medians[i].append(median_ms)
                 minimums[i].append(min_ms)
                 bar.advance(task)
+        node_ms = _profile_all(compiled, graphs, runs, profile_runs, bar)
     return [
-        Measurement(spec.label, feat, min(medians[i]), runs[i], medians[i], min(minimums[i]))
+        Measurement(spec.label, feat, min(medians[i]), runs[i], medians[i], min(minimums[i]),
+                    node_ms[i])  # fmt: skip
         for i, (spec, feat, _, _) in enumerate(compiled)
     ]
+
+
+def _profile_all(
+    compiled: Sequence[tuple[ModelSpec, GraphFeatures, bytes, tuple[int, ...]]],
+    graphs: Sequence[Graph],
+    runs: Sequence[int],
+    profile_runs: int,
+    bar: Any,
+) -> list[dict[str, float]]:
+    """Per-node kernel times of every variant (none when ``profile_runs`` is 0)."""
+    if profile_runs <= 0:
+        return [{} for _ in compiled]
+    task = bar.add_task("profiling operators (ONNX Runtime)", total=len(compiled))
+    out = []
+    for (_, _, onnx_bytes, shape), graph, n in zip(compiled, graphs, runs, strict=True):
+        out.append(profile_nodes(onnx_bytes, graph, shape, min(profile_runs, n)))
+        bar.advance(task)
+    return out
 
 
 # ----------------------------------------------------------------------------- fitting
@@ -263,6 +388,14 @@ class _Stack:
         self.key_idx = np.array([key_index.get(k, -1) for k in keys], dtype=np.int64)
         self.class_idx = np.array([class_index[_class_of(k)] for k in keys], dtype=np.int64)
         self.fixed_eff = np.array([base.eff(k) for k in keys], dtype=np.float64)
+        # Shape terms stay as ``base`` has them (fitted on per-node times, or none):
+        # each node's efficiency is its key's times this fixed factor.
+        exps = np.array([base.shape_exponents.get(k, (0.0, 0.0, 0.0)) for k in keys],
+                        dtype=np.float64).reshape(-1, 3)  # fmt: skip
+        shapes = np.concatenate([f.shape.reshape(-1, 3) for f in features])
+        if len(shapes) != len(keys):  # features built without shapes: no shape terms
+            shapes = np.ones((len(keys), 3)) * np.asarray(SHAPE_REF)
+        self.shape_mult = np.exp(np.sum(exps * np.log(shapes / np.asarray(SHAPE_REF)), axis=1))
         self.work = np.concatenate([f.work for f in features])
         self.bytes = np.concatenate([f.bytes for f in features])
         self.peak = np.concatenate([f.peak for f in features])
@@ -275,6 +408,7 @@ class _Stack:
         values = np.exp(theta)
         eff_values = np.append(values[: self.n_eff], 1.0)  # index -1 never selected below
         eff = np.where(self.key_idx >= 0, eff_values[self.key_idx], self.fixed_eff)
+        eff = np.clip(eff * self.shape_mult, *EFF_LIMITS)
         mem = values[self.n_eff]
         dispatch = values[self.n_eff + 1 :][self.class_idx]
         busy = np.maximum(self.work / (self.peak * eff), self.bytes / (self.bandwidth * mem))
@@ -324,6 +458,163 @@ def fit_factors(
     assert best is not None
     names = [*layout.keys, "memory", *(f"dispatch:{c}" for c in layout.classes)]
     return layout.to_factors(best.x, base), names
+
+
+# ----------------------------------------------------------------------------- per-node fit
+SHAPE_PRIOR_WEIGHT = 0.3  # ridge on shape exponents, in units of log-time residual
+_MIN_NODES_FOR_SHAPE = 12  # fewer timed nodes of a class: efficiency without shape terms
+_FREE_DISPATCH_S = 1e-8  # a class ORT never runs as its own kernel costs (almost) nothing
+
+
+@dataclass
+class _ClassData:
+    """The profiled nodes of one ``class/dtype`` key, as arrays."""
+
+    work: np.ndarray
+    peak: np.ndarray
+    log_shape: np.ndarray  # (n, 3): log(depth, channels, spatial) / SHAPE_REF
+    seconds: np.ndarray
+
+
+def _class_data(
+    features: Sequence[GraphFeatures], node_ms: Sequence[dict[str, float]]
+) -> tuple[dict[str, _ClassData], set[str]]:
+    """Timed nodes grouped by key, and the keys that occur but ORT never timed."""
+    rows: dict[str, list[tuple[float, float, np.ndarray, float]]] = {}
+    present: set[str] = set()
+    for feat, times in zip(features, node_ms, strict=True):
+        for i, (key, node) in enumerate(zip(feat.keys, feat.nodes, strict=True)):
+            present.add(key)
+            if times.get(node, 0.0) > 0:
+                rows.setdefault(key, []).append(
+                    (feat.work[i], feat.peak[i], feat.shape[i], times[node] / 1e3)
+                )
+    data = {
+        key: _ClassData(
+            work=np.array([r[0] for r in items]),
+            peak=np.array([r[1] for r in items]),
+            log_shape=np.log(np.array([r[2] for r in items]) / np.asarray(SHAPE_REF)),
+            seconds=np.array([r[3] for r in items]),
+        )
+        for key, items in rows.items()
+    }
+    return data, present - set(data)
+
+
+def _fit_class(
+    data: _ClassData, eff0: float, dispatch0: float
+) -> tuple[float, float, list[float]]:
+    """Dispatch (s), reference efficiency and shape exponents of one key, by least squares.
+
+    Model: ``t = dispatch + work / (peak * eff * prod(shape_i ** exp_i))`` against the
+    profiled kernel times, on log(t) (relative error). Exponents are fitted only along
+    shape dimensions that vary in this key's data, and with a ridge pull towards 0.
+    """
+    varying = [j for j in range(3) if np.ptp(data.log_shape[:, j]) > 0.1]
+    if len(data.seconds) < _MIN_NODES_FOR_SHAPE or not np.any(data.work > 0):
+        varying = []
+    target = np.log(data.seconds)
+    prior = np.array([math.log(dispatch0), math.log(eff0)])
+
+    def unpack(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        exps = np.zeros(3)
+        exps[varying] = theta[2:]
+        return math.exp(theta[0]), np.exp(theta[1] + data.log_shape @ exps)
+
+    def residuals(theta: np.ndarray) -> np.ndarray:
+        dispatch, eff = unpack(theta)
+        eff = np.clip(eff, *EFF_LIMITS)
+        seconds = dispatch + data.work / (data.peak * eff)
+        return np.concatenate(
+            [np.log(seconds) - target, PRIOR_WEIGHT * (theta[:2] - prior),
+             SHAPE_PRIOR_WEIGHT * theta[2:]]  # fmt: skip
+        )
+
+    lo = np.array([math.log(_DISPATCH_BOUNDS[0]), math.log(_EFF_BOUNDS[0])] + [-3.0] * len(varying))
+    hi = np.array([math.log(_DISPATCH_BOUNDS[1]), math.log(_EFF_BOUNDS[1])] + [3.0] * len(varying))
+    x0 = np.clip(np.concatenate([prior, np.zeros(len(varying))]), lo + 1e-9, hi - 1e-9)
+    theta = least_squares(residuals, x0, bounds=(lo, hi), method="trf").x
+    exps = np.zeros(3)
+    exps[varying] = theta[2:]
+    return math.exp(theta[0]), math.exp(theta[1]), [float(e) for e in exps]
+
+
+def fit_node_factors(
+    features: Sequence[GraphFeatures],
+    node_ms: Sequence[dict[str, float]],
+    device: Device,
+    start: CostFactors | None = None,
+) -> tuple[CostFactors, list[str]]:
+    """Per-key dispatch, efficiency and shape exponents fitted to profiled kernel times.
+
+    The memory roofline is switched off (its efficiency set to the bound): on the host the
+    models sit in cache, and the shape terms capture how well each layer shape runs. Keys
+    that occur in the graphs but never got a kernel of their own (ORT folds a residual ADD
+    into the convolution before it) are made free. The result predicts *profiled* kernel
+    times; ``fit_whole_model`` then maps it onto unprofiled whole-model times.
+    """
+    base = start or default_factors(device)
+    data, untimed = _class_data(features, node_ms)
+    eff = dict(base.efficiency)
+    dispatch = dict(base.dispatch_s)
+    exponents: dict[str, list[float]] = {}
+    names: list[str] = []
+    for key, items in sorted(data.items()):
+        cls = _class_of(key)
+        d, e, x = _fit_class(items, base.eff(key), base.dispatch(cls))
+        dispatch[cls], eff[key] = d, e  # one dtype per class here: float32 on the host
+        if any(x):
+            exponents[key] = x
+        names += [key, f"dispatch:{cls}", *([f"shape:{key}"] if any(x) else [])]
+    for key in sorted(untimed):
+        if _class_of(key) not in {_class_of(k) for k in data}:
+            eff[key], dispatch[_class_of(key)] = _EFF_BOUNDS[1], _FREE_DISPATCH_S
+            names += [key, f"dispatch:{_class_of(key)}"]
+    return CostFactors(eff, _MEM_BOUNDS[1], dispatch, exponents), names
+
+
+def fit_whole_model(
+    features: Sequence[GraphFeatures],
+    measured_s: Sequence[float],
+    device: Device,
+    node_factors: CostFactors,
+) -> CostFactors:
+    """Map profiled per-node predictions onto whole unprofiled runs.
+
+    ``total = scale * sum(max(node - profiler_s, ~0)) + overhead``: the profiler adds a
+    fixed cost to every kernel it times (taken off each class's dispatch), ORT does work
+    per run that no kernel shows (input/output copies, layout reorders), and a residual
+    scale absorbs what the profiler does to caches. Three numbers, fitted on log-ratios.
+    """
+    no_dispatch = replace_dispatch(node_factors, math.inf)
+    busy = np.array([float(np.sum(predict_nodes_s(f, device, no_dispatch))) for f in features])
+    dispatch = [np.array([node_factors.dispatch(_class_of(k)) for k in f.keys]) for f in features]
+    target = np.log(np.asarray(measured_s, dtype=np.float64))
+
+    def totals(theta: np.ndarray) -> np.ndarray:
+        scale, profiler, overhead = math.exp(theta[0]), theta[1] * 1e-6, theta[2] * 1e-6
+        kept = np.array([np.sum(np.maximum(d - profiler, _FREE_DISPATCH_S)) for d in dispatch])
+        return scale * (busy + kept) + overhead
+
+    def residuals(theta: np.ndarray) -> np.ndarray:
+        return np.concatenate([np.log(totals(theta)) - target, [PRIOR_WEIGHT * theta[0]]])
+
+    lo, hi = np.array([-2.0, 0.0, 0.0]), np.array([2.0, 50.0, 5e3])
+    best = min(
+        (least_squares(residuals, np.array([0.0, p0, 5.0]), bounds=(lo, hi)) for p0 in (0.5, 5.0)),
+        key=lambda r: r.cost,
+    )
+    scale, profiler, overhead = math.exp(best.x[0]), best.x[1] * 1e-6, best.x[2] * 1e-6
+    out = replace_dispatch(node_factors, profiler)
+    out.node_scale, out.overhead_s = scale, overhead
+    return out
+
+
+def replace_dispatch(factors: CostFactors, minus_s: float) -> CostFactors:
+    """A copy of ``factors`` with ``minus_s`` taken off every dispatch (kept >= ~0)."""
+    dispatch = {c: max(v - minus_s, _FREE_DISPATCH_S) for c, v in factors.dispatch_s.items()}
+    return CostFactors(dict(factors.efficiency), factors.mem_efficiency, dispatch,
+                       dict(factors.shape_exponents), factors.node_scale, factors.overhead_s)
 
 
 # ----------------------------------------------------------------------------- error

@@ -41,7 +41,9 @@ from crosslevel.hardware.devices import Device
 from crosslevel.ir.graph import Graph, Node
 from crosslevel.ir.ops import kernel_hw, node_macs
 
-CALIBRATION_FORMAT = "crosslevel.calibration/1"
+CALIBRATION_FORMAT = "crosslevel.calibration/2"
+# /1 files (no shape exponents, scale or overhead) still load: their defaults are neutral.
+_READABLE_FORMATS = ("crosslevel.calibration/1", CALIBRATION_FORMAT)
 DTYPES = ("int8", "float32")
 OP_CLASSES = (
     "conv", "pointwise", "depthwise", "fc", "pool", "reduce", "elementwise",
@@ -73,6 +75,11 @@ class NodeCost:
     work: float  # MACs, or element operations for non-MAC operators
     bytes: float  # input activations + weights + outputs
     fused: bool  # folded into its producer by every runtime we target
+    # Shape of the work, which decides how well a kernel uses the core (a 1x1 conv with
+    # K=16 inputs per output runs far below peak, one with K=512 near it):
+    depth: float = 1.0  # reduction depth: MACs (or work) per output element
+    channels: float = 1.0  # output channels (the last dim of a 2-D output)
+    spatial: float = 1.0  # output elements per channel
 
     @property
     def key(self) -> str:
@@ -148,21 +155,40 @@ def _fused_nodes(graph: Graph) -> set[str]:
     return fused
 
 
+def _shape(graph: Graph, node: Node, work: float) -> tuple[float, float, float]:
+    """``(depth, channels, spatial)`` of a node's output, layout-aware; 1s when unknown."""
+    if not node.outputs or not node.outputs[0]:
+        return 1.0, 1.0, 1.0
+    shape = graph.tensor(node.outputs[0]).shape
+    elements = float(max(1, math.prod(shape)))
+    if len(shape) == 4:
+        channels = float(shape[1] if graph.layout == "NCHW" else shape[3])
+    else:
+        channels = float(shape[-1]) if shape else 1.0
+    channels = max(1.0, channels)
+    return max(1.0, work / elements), channels, max(1.0, elements / channels)
+
+
 def node_costs(graph: Graph) -> list[NodeCost]:
     """Device-independent cost features of every node, in execution order."""
     fused = _fused_nodes(graph)
     costs = []
     for node in graph.nodes:
         op_class = _op_class(graph, node)
+        work = _work(graph, node, op_class)
+        depth, channels, spatial = _shape(graph, node, work)
         costs.append(
             NodeCost(
                 name=node.name,
                 op=node.op,
                 op_class=op_class,
                 dtype=_node_dtype(graph, node),
-                work=_work(graph, node, op_class),
+                work=work,
                 bytes=_bytes(graph, node, op_class),
                 fused=node.name in fused,
+                depth=depth,
+                channels=channels,
+                spatial=spatial,
             )
         )
     return costs
@@ -207,19 +233,45 @@ def _family(device: Device) -> str:
     return "gpu" if device.kind == "edge" and "gpu" in device.cpu.lower() else "cpu"
 
 
+# Reference shape of the shape terms: efficiency[key] is the efficiency of a node with
+# depth 64, 64 output channels and 256 output elements per channel; elsewhere it scales by
+# (depth/64)**a * (channels/64)**b * (spatial/256)**c with the key's ``shape_exponents``.
+SHAPE_REF = (64.0, 64.0, 256.0)
+EFF_LIMITS = (1e-5, 20.0)  # efficiencies are clipped here (the power law must not run away)
+
+
 @dataclass
 class CostFactors:
-    """The free parameters of the model: per class/dtype efficiency, memory, dispatch."""
+    """The free parameters of the model: per class/dtype efficiency, memory, dispatch.
+
+    ``shape_exponents`` (calibrated factors only) make a class's efficiency depend on the
+    node's shape; ``node_scale`` and ``overhead_s`` map the summed node times onto a whole
+    inference (``total = node_scale * sum(nodes) + overhead_s``): per-node times are fitted
+    to a profiler's kernel times, which leave out the runtime's per-run work.
+    """
 
     efficiency: dict[str, float]  # "conv/float32" -> fraction of the one-core peak
     mem_efficiency: float  # fraction of the catalogue's memory bandwidth
     dispatch_s: dict[str, float]  # op class -> seconds per operator
+    shape_exponents: dict[str, list[float]] = field(default_factory=dict)  # key -> [a, b, c]
+    node_scale: float = 1.0
+    overhead_s: float = 0.0
 
     def eff(self, key: str) -> float:
         """Efficiency of a ``class/dtype`` key (the dtype's ``other`` when unknown)."""
         if key in self.efficiency:
             return self.efficiency[key]
         return self.efficiency.get(f"other/{key.partition('/')[2]}", 0.01)
+
+    def shaped_eff(self, key: str, depth: float, channels: float, spatial: float) -> float:
+        """Efficiency of a node of ``key`` with this shape (``eff`` without exponents)."""
+        a, b, c = self.shape_exponents.get(key, (0.0, 0.0, 0.0))
+        if not (a or b or c):
+            return self.eff(key)
+        r_d, r_c, r_s = SHAPE_REF
+        log_eff = math.log(self.eff(key)) + a * math.log(depth / r_d)
+        log_eff += b * math.log(channels / r_c) + c * math.log(spatial / r_s)
+        return float(np.clip(math.exp(log_eff), *EFF_LIMITS))
 
     def dispatch(self, op_class: str) -> float:
         """Seconds of fixed overhead per operator of ``op_class``."""
@@ -277,7 +329,7 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, doc: Any, where: str = "calibration") -> Calibration:
-        if not isinstance(doc, dict) or doc.get("format") != CALIBRATION_FORMAT:
+        if not isinstance(doc, dict) or doc.get("format") not in _READABLE_FORMATS:
             raise UsageError(f'{where}: expected "format": "{CALIBRATION_FORMAT}"')
         try:
             f = doc["factors"]
@@ -285,6 +337,12 @@ class Calibration:
                 efficiency={str(k): float(v) for k, v in dict(f["efficiency"]).items()},
                 mem_efficiency=float(f["mem_efficiency"]),
                 dispatch_s={str(k): float(v) for k, v in dict(f["dispatch_s"]).items()},
+                shape_exponents={
+                    str(k): _three_floats(v)
+                    for k, v in dict(f.get("shape_exponents", {})).items()
+                },
+                node_scale=float(f.get("node_scale", 1.0)),
+                overhead_s=float(f.get("overhead_s", 0.0)),
             )
             cal = cls(
                 device=str(doc["device"]),
@@ -299,9 +357,23 @@ class Calibration:
         except (KeyError, TypeError, ValueError) as exc:
             raise UsageError(f"{where}: malformed calibration ({exc!r})") from None
         values = [*factors.efficiency.values(), *factors.dispatch_s.values()]
-        if not all(math.isfinite(v) and v > 0 for v in [*values, factors.mem_efficiency]):
+        values += [factors.mem_efficiency, factors.node_scale]
+        if not all(math.isfinite(v) and v > 0 for v in values):
             raise UsageError(f"{where}: calibration factors must be finite and positive")
+        exponents = [x for v in factors.shape_exponents.values() for x in v]
+        if not all(math.isfinite(x) for x in [*exponents, factors.overhead_s]):
+            raise UsageError(f"{where}: calibration shape exponents must be finite")
+        if factors.overhead_s < 0:
+            raise UsageError(f"{where}: calibration overhead must not be negative")
         return cal
+
+
+def _three_floats(value: Any) -> list[float]:
+    """A shape-exponent triple from JSON (TypeError/ValueError when it is not one)."""
+    items = [float(x) for x in list(value)]
+    if len(items) != 3:
+        raise ValueError(f"shape exponents need 3 numbers, got {len(items)}")
+    return items
 
 
 # ----------------------------------------------------------------------------- prediction
@@ -316,13 +388,15 @@ class Prediction:
     label: str
     energy_mj: float
     energy_note: str
+    overhead_ms: float = 0.0  # per-inference runtime work in total_ms but in no node
 
 
 def node_time_s(cost: NodeCost, device: Device, factors: CostFactors) -> tuple[float, str]:
     """Seconds of one node and what bounds it."""
     if cost.fused:
         return 0.0, "fused"
-    compute = cost.work / (device.peak_macs_per_s(cost.dtype) * factors.eff(cost.key))
+    eff = factors.shaped_eff(cost.key, cost.depth, cost.channels, cost.spatial)
+    compute = cost.work / (device.peak_macs_per_s(cost.dtype) * eff)
     memory = cost.bytes / (device.memory_bandwidth_bytes_per_s * factors.mem_efficiency)
     busy = max(compute, memory)
     dispatch = factors.dispatch(cost.op_class)
@@ -330,7 +404,7 @@ def node_time_s(cost: NodeCost, device: Device, factors: CostFactors) -> tuple[f
         bound = "dispatch"
     else:
         bound = "compute" if compute >= memory else "memory"
-    return dispatch + busy, bound
+    return factors.node_scale * (dispatch + busy), bound
 
 
 def predict_latency(
@@ -353,7 +427,8 @@ def predict_latency(
         seconds, why = node_time_s(cost, device, factors)
         per_node[cost.name] = seconds * 1e3
         bound[cost.name] = why
-    total_ms = float(sum(per_node.values()))
+    overhead_ms = factors.overhead_s * 1e3
+    total_ms = float(sum(per_node.values())) + overhead_ms
     label = (
         f"predicted (calibrated on {calibration.device})"
         if calibration is not None
@@ -373,6 +448,7 @@ def predict_latency(
         label=label,
         energy_mj=device.active_power_w * total_ms,  # W x ms = mJ
         energy_note=note,
+        overhead_ms=overhead_ms,
     )
 
 
@@ -386,6 +462,8 @@ class GraphFeatures:
     work: np.ndarray
     bytes: np.ndarray
     peak: np.ndarray  # the device's peak MAC/s for each node's dtype
+    nodes: tuple[str, ...] = ()  # IR node names, aligned with ``keys``
+    shape: np.ndarray = field(default_factory=lambda: np.ones((0, 3)))  # depth, ch., spatial
 
     @classmethod
     def of(cls, graph: Graph, device: Device, name: str | None = None) -> GraphFeatures:
@@ -396,13 +474,26 @@ class GraphFeatures:
             work=np.array([c.work for c in live], dtype=np.float64),
             bytes=np.array([c.bytes for c in live], dtype=np.float64),
             peak=np.array([device.peak_macs_per_s(c.dtype) for c in live], dtype=np.float64),
+            nodes=tuple(c.name for c in live),
+            shape=np.array([[c.depth, c.channels, c.spatial] for c in live],
+                           dtype=np.float64).reshape(-1, 3),
         )
+
+
+def predict_nodes_s(feat: GraphFeatures, device: Device, factors: CostFactors) -> np.ndarray:
+    """Seconds of each live node of a graph (``node_scale`` applied, no overhead)."""
+    eff = np.array([factors.eff(k) for k in feat.keys], dtype=np.float64)
+    exps = np.array([factors.shape_exponents.get(k, (0.0, 0.0, 0.0)) for k in feat.keys],
+                    dtype=np.float64).reshape(-1, 3)  # fmt: skip
+    if np.any(exps):
+        log_ratio = np.log(feat.shape / np.asarray(SHAPE_REF))
+        eff = np.clip(eff * np.exp(np.sum(exps * log_ratio, axis=1)), *EFF_LIMITS)
+    compute = feat.work / (feat.peak * eff)
+    memory = feat.bytes / (device.memory_bandwidth_bytes_per_s * factors.mem_efficiency)
+    dispatch = np.array([factors.dispatch(k.partition("/")[0]) for k in feat.keys])
+    return factors.node_scale * (np.maximum(compute, memory) + dispatch)
 
 
 def predict_features_s(feat: GraphFeatures, device: Device, factors: CostFactors) -> float:
     """Total seconds of a graph from its features: the same formula as ``predict_latency``."""
-    eff = np.array([factors.eff(k) for k in feat.keys], dtype=np.float64)
-    compute = feat.work / (feat.peak * eff)
-    memory = feat.bytes / (device.memory_bandwidth_bytes_per_s * factors.mem_efficiency)
-    dispatch = sum(factors.dispatch(k.partition("/")[0]) for k in feat.keys)
-    return float(np.sum(np.maximum(compute, memory)) + dispatch)
+    return float(np.sum(predict_nodes_s(feat, device, factors))) + factors.overhead_s

@@ -10,6 +10,7 @@ from crosslevel.ir.graph import Graph
 
 MAX_MODEL_BYTES = 2 * 1024**3  # flatbuffers and protobuf both stop at 2 GiB
 ZOO_PREFIX = "zoo:"
+MLPERF_PREFIX = "mlperf:"
 
 
 @dataclass
@@ -22,10 +23,17 @@ class LoadedModel:
     file_bytes: bytes | None = None  # the original file, for flash size and TFLM runs
 
 
-def load_model(spec: str) -> LoadedModel:
-    """Load ``spec``: a ``.tflite`` or ``.onnx`` path, or ``zoo:NAME`` for a zoo model."""
+def load_model(spec: str, int8: bool = False) -> LoadedModel:
+    """Load ``spec``: a ``.tflite`` or ``.onnx`` path, ``zoo:NAME`` for a zoo model, or
+    ``mlperf:FILE`` for a real MLPerf Tiny model from the shared folder."""
     if spec.startswith(ZOO_PREFIX):
-        return _load_zoo(spec[len(ZOO_PREFIX) :])
+        return _load_zoo(spec[len(ZOO_PREFIX) :], int8)
+    if int8:
+        raise UsageError("--int8 applies to zoo models; a file is analyzed as it is")
+    if spec.startswith(MLPERF_PREFIX):
+        from crosslevel.model.mlperf_tiny import models_dir
+
+        spec = str(models_dir() / spec[len(MLPERF_PREFIX) :])
     path = Path(spec)
     if not path.is_file():
         raise UsageError(f"model file {spec!r} does not exist (or name a zoo model as zoo:NAME)")
@@ -51,13 +59,20 @@ def _looks_like_tflite(data: bytes) -> bool:
     return len(data) >= 8 and data[4:8] == b"TFL3"
 
 
-def _load_zoo(name: str) -> LoadedModel:
+def _load_zoo(name: str, int8: bool) -> LoadedModel:
+    """A zoo model as float IR, or (``int8``) as the int8 .tflite our minimal PTQ makes."""
     from crosslevel.ir.torch_io import import_torch
     from crosslevel.model import zoo
 
     if name not in zoo.ZOO:
         known = ", ".join(sorted(zoo.ZOO))
         raise UsageError(f"unknown zoo model {name!r}; known: {known}")
+    if int8:
+        from crosslevel.ir.tflite_io import import_tflite
+        from crosslevel.model.int8_zoo import zoo_int8_tflite
+
+        data = zoo_int8_tflite(name)
+        return LoadedModel(import_tflite(data), f"zoo:{name} (int8 PTQ)", "tflite", data)
     entry = zoo.ZOO[name]
     module = zoo.build(name)
     graph = import_torch(module, (1, *entry.input_shape))

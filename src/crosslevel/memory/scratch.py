@@ -35,6 +35,9 @@ _NO_SCRATCH = frozenset(
         "TRANSPOSE",
         "HARD_SWISH",
         "LEAKY_RELU",
+        # MEAN: measured rather than read: the head arena of int8 and float zoo exports
+        # with a global-average MEAN equals our restatement without scratch (test_memory).
+        "MEAN",
     }
 )
 

@@ -54,6 +54,7 @@ class MemoryFigures:
 @dataclass
 class DeviceFit:
     device: str
+    ram_what: str
     ram_bytes: int
     flash_bytes: int | None
     needs_ram_bytes: int
@@ -133,9 +134,28 @@ def _measure_tflm(model: LoadedModel, memory: MemoryFigures) -> None:
     memory.tflm_measured_tail_bytes = arena.tail_bytes
 
 
-def analyze(model: LoadedModel, device: str | None = None, measure: bool = True) -> AnalyzeReport:
-    """Build the report; ``measure`` runs the real TFLM interpreter for .tflite files."""
+def analyze(
+    model: LoadedModel,
+    device: str | None = None,
+    measure: bool = True,
+    graph_passes: bool = True,
+) -> AnalyzeReport:
+    """Build the report; ``measure`` runs the real TFLM interpreter for .tflite files.
+
+    ONNX and zoo models are reported after the accuracy-preserving graph passes (as they
+    would be deployed); a .tflite file is reported as it is, since TFLM runs it as it is.
+    """
     graph = model.graph
+    notes = []
+    if graph_passes and model.kind != "tflite":
+        from crosslevel.graph import optimize_graph
+
+        before = len(graph.nodes)
+        graph = optimize_graph(graph)
+        notes.append(
+            f"graph passes applied (constant/BN folding, activation fusion, identity and "
+            f"dead-code removal): {before} -> {len(graph.nodes)} operators"
+        )
     layers = layer_rows(graph)
     memory = memory_figures(graph)
     if measure and model.kind == "tflite":
@@ -155,6 +175,7 @@ def analyze(model: LoadedModel, device: str | None = None, measure: bool = True)
         file_bytes=len(model.file_bytes) if model.file_bytes is not None else None,
         macs=sum(r.macs for r in layers),
         memory=memory,
+        notes=notes,
     )
     if memory.unknown_scratch_ops:
         report.notes.append(
@@ -180,11 +201,18 @@ def device_fit(
     from crosslevel.hardware.devices import get_device
 
     device = get_device(device_name)
-    needs_ram = report.memory.tflm_measured_head_bytes or report.memory.tflm_greedy_bytes
+    mem = report.memory
+    if mem.tflm_measured_head_bytes is not None and mem.tflm_measured_tail_bytes is not None:
+        ram_what = "RAM (TFLM arena: head + tail, measured)"
+        needs_ram = mem.tflm_measured_head_bytes + mem.tflm_measured_tail_bytes
+    else:
+        ram_what = "RAM (activation arena, TFLM greedy)"
+        needs_ram = mem.tflm_greedy_bytes
     needs_flash = report.file_bytes or report.weight_bytes
     prediction = predict_latency(graph, device, calibration)
     return DeviceFit(
         device=device.name,
+        ram_what=ram_what,
         ram_bytes=device.memory_bytes,
         flash_bytes=device.flash_bytes,
         needs_ram_bytes=needs_ram,
@@ -264,7 +292,7 @@ def _render_device(fit: DeviceFit, console: Any) -> None:
     for col in ("resource", "needs", "has", "verdict"):
         table.add_column(col)
     table.add_row(
-        "RAM (activations)", _kib(fit.needs_ram_bytes), _kib(fit.ram_bytes), verdict(fit.fits_ram)
+        fit.ram_what, _kib(fit.needs_ram_bytes), _kib(fit.ram_bytes), verdict(fit.fits_ram)
     )
     table.add_row(
         "flash", _kib(fit.needs_flash_bytes), _kib(fit.flash_bytes), verdict(fit.fits_flash)
