@@ -131,3 +131,24 @@ def test_console_script_end_to_end(models_dir: Path) -> None:
     )
     assert proc.returncode == 2
     assert proc.stdout == "" and proc.stderr.count("\n") == 1
+
+
+def test_calibrate_quick_then_analyze_with_it(tmp_path: Path) -> None:
+    result = _run("calibrate", "--quick", "-o", str(tmp_path), "--json")
+    assert result.exit_code == 0, result.output
+    cal = json.loads(result.stdout)
+    assert cal["device"] == "host" and (tmp_path / "calibration.json").is_file()
+    args = ["analyze", "zoo:digits_cnn", "--device", "host", "--json"]
+    result = _run(*args, "--calibration", str(tmp_path / "calibration.json"))
+    assert result.exit_code == 0, result.output
+    fit = json.loads(result.stdout)["device"]
+    assert "uncalibrated" not in fit["latency_label"] and fit["latency_ms"] > 0
+    result = _run(
+        "analyze",
+        "zoo:digits_cnn",
+        "--device",
+        "stm32f746",
+        "--calibration",
+        str(tmp_path / "calibration.json"),
+    )
+    assert result.exit_code == 2, result.output  # a host calibration says nothing of an MCU

@@ -85,6 +85,10 @@ def analyze(
         bool,
         typer.Option(help="Apply the graph passes to ONNX/zoo models before reporting."),
     ] = True,
+    calibration: Annotated[
+        Path | None,
+        typer.Option(help="calibration.json from `crosslevel calibrate` (device host)."),
+    ] = None,
 ) -> None:
     """Per-layer table, params, flash, MACs and peak activation RAM of a model.
 
@@ -96,8 +100,15 @@ def analyze(
     from crosslevel.report.analyze import analyze as build_report
     from crosslevel.report.analyze import render
 
+    cal = None
+    if calibration is not None:
+        from crosslevel.hardware.cost_model import Calibration
+
+        cal = Calibration.load(calibration)
     loaded = load_model(model, int8=int8)
-    report = build_report(loaded, device=device, measure=measure, graph_passes=graph_passes)
+    report = build_report(
+        loaded, device=device, measure=measure, graph_passes=graph_passes, calibration=cal
+    )
     if as_json:
         print_json(report.to_json())
     else:
@@ -152,6 +163,39 @@ def devices(
         return
     console.print(devices_table(catalogue))
     console.print(links_table())
+
+
+@app.command()
+@clean_errors
+def calibrate(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for calibration.json.")] = Path(
+        "out/calibrate"
+    ),
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Four tiny models, seconds (a smoke run).")
+    ] = False,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Folder caching the ONNX exports between runs.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Measure this host with ONNX Runtime on zoo variants and fit the cost model.
+
+    Reports the leave-one-out error (each variant predicted by a fit without it) and
+    writes OUT/calibration.json, which `analyze --device host --calibration` uses.
+    """
+    from crosslevel.hardware.calibrate import calibrate_host
+    from crosslevel.report.calibration import loo_summary, loo_table
+
+    cal = calibrate_host(quick=quick, progress=not as_json, cache_dir=cache_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cal.save(out / "calibration.json")
+    if as_json:
+        print_json(cal.to_dict())
+        return
+    console.print(loo_table(cal))
+    console.print(loo_summary(cal))
+    console.print(f"wrote {out / 'calibration.json'}")
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -212,7 +212,7 @@ class NodeMapper:
 def profile_nodes(
     onnx_bytes: bytes, graph: Graph, shape: tuple[int, ...], runs: int
 ) -> dict[str, float]:
-    """Per IR node, the median over ``runs`` of its ONNX Runtime kernel time (ms).
+    """Per IR node, the minimum over ``runs`` of its ONNX Runtime kernel time (ms).
 
     Uses ORT's own profiler (one thread, like the whole-model timing); its trace is
     written to a temporary folder and removed.
@@ -232,11 +232,15 @@ def profile_nodes(
         for _ in range(_PROFILE_WARMUP + runs):
             session.run(None, feed)
         events = json.loads(Path(session.end_profiling()).read_text())
-    return _node_medians(events, mapper, runs)
+    return _node_minimums(events, mapper, runs)
 
 
-def _node_medians(events: list[dict[str, Any]], mapper: NodeMapper, runs: int) -> dict[str, float]:
-    """Sum each run's kernel times per IR node, then the median over runs (ms)."""
+def _node_minimums(events: list[dict[str, Any]], mapper: NodeMapper, runs: int) -> dict[str, float]:
+    """Sum each run's kernel times per IR node, then the minimum over runs (ms).
+
+    The minimum, because load from other processes only ever adds time: on a shared
+    machine a node's median moves by tens of percent from one session to the next.
+    """
     per_node: dict[str, list[float]] = {}
     seen: dict[str, int] = {}
     for event in events:
@@ -252,7 +256,7 @@ def _node_medians(events: list[dict[str, Any]], mapper: NodeMapper, runs: int) -
         times = per_node.setdefault(node, [0.0] * runs)
         if _PROFILE_WARMUP <= run < _PROFILE_WARMUP + runs:
             times[run - _PROFILE_WARMUP] += float(event["dur"]) / 1e3
-    return {n: float(np.median(t)) for n, t in per_node.items() if np.median(t) > 0}
+    return {n: float(np.min(t)) for n, t in per_node.items() if np.min(t) > 0}
 
 
 def measure_models(
@@ -262,14 +266,16 @@ def measure_models(
     round_budget_s: float = 0.1,
     progress: bool = True,
     cache_dir: Path | None = None,
-    profile_runs: int = 40,
+    profile_runs: int = 30,
+    profile_rounds: int = 3,
 ) -> list[Measurement]:
-    """Compile every variant, time them in ``rounds`` interleaved rounds, then profile.
+    """Compile every variant, then time and profile them in interleaved rounds.
 
     Interleaving spreads a burst of load from other processes over all variants instead
-    of one; each variant keeps the median of its quietest round. Profiling runs each
-    variant up to ``profile_runs`` times under ORT's profiler for per-node kernel times
-    (0 skips it: the fit then uses whole-model times only).
+    of one; each variant keeps the median of its quietest round and its fastest run. In
+    the first ``profile_rounds`` rounds each variant also runs up to ``profile_runs``
+    times under ORT's profiler; each IR node keeps its fastest kernel time (no
+    profiling when ``profile_runs`` is 0: the fit then uses whole-model times only).
     """
     from rich.progress import Progress
 
@@ -286,14 +292,17 @@ def measure_models(
                 for _, _, data, shape in compiled]  # fmt: skip
         medians: list[list[float]] = [[] for _ in compiled]
         minimums: list[list[float]] = [[] for _ in compiled]
+        node_ms: list[dict[str, float]] = [{} for _ in compiled]
         task = bar.add_task("timing (ONNX Runtime, 1 thread)", total=rounds * len(compiled))
-        for _ in range(rounds):
+        for r in range(rounds):
             for i, (_, _, onnx_bytes, shape) in enumerate(compiled):
                 median_ms, min_ms = _time_round(onnx_bytes, shape, runs[i])
                 medians[i].append(median_ms)
                 minimums[i].append(min_ms)
+                if profile_runs > 0 and r < profile_rounds:
+                    nodes = profile_nodes(onnx_bytes, graphs[i], shape, min(profile_runs, runs[i]))
+                    node_ms[i] = _elementwise_min(node_ms[i], nodes)
                 bar.advance(task)
-        node_ms = _profile_all(compiled, graphs, runs, profile_runs, bar)
     return [
         Measurement(spec.label, feat, min(medians[i]), runs[i], medians[i], min(minimums[i]),
                     node_ms[i])  # fmt: skip
@@ -301,22 +310,9 @@ def measure_models(
     ]
 
 
-def _profile_all(
-    compiled: Sequence[tuple[ModelSpec, GraphFeatures, bytes, tuple[int, ...]]],
-    graphs: Sequence[Graph],
-    runs: Sequence[int],
-    profile_runs: int,
-    bar: Any,
-) -> list[dict[str, float]]:
-    """Per-node kernel times of every variant (none when ``profile_runs`` is 0)."""
-    if profile_runs <= 0:
-        return [{} for _ in compiled]
-    task = bar.add_task("profiling operators (ONNX Runtime)", total=len(compiled))
-    out = []
-    for (_, _, onnx_bytes, shape), graph, n in zip(compiled, graphs, runs, strict=True):
-        out.append(profile_nodes(onnx_bytes, graph, shape, min(profile_runs, n)))
-        bar.advance(task)
-    return out
+def _elementwise_min(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    """Per-key minimum of two per-node timings (a key missing from one keeps the other)."""
+    return {k: min(a.get(k, math.inf), b.get(k, math.inf)) for k in {*a, *b}}
 
 
 # ----------------------------------------------------------------------------- fitting
@@ -347,7 +343,8 @@ class _Layout:
         eff.update({k: float(v) for k, v in zip(self.keys, values[:n], strict=True)})
         dispatch = dict(base.dispatch_s)
         dispatch.update({c: float(v) for c, v in zip(self.classes, values[n + 1 :], strict=True)})
-        return CostFactors(eff, float(values[n]), dispatch)
+        return CostFactors(eff, float(values[n]), dispatch, dict(base.shape_exponents),
+                           base.node_scale, base.overhead_s)  # fmt: skip
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         lows = [_EFF_BOUNDS[0]] * len(self.keys) + [_MEM_BOUNDS[0]]

@@ -139,6 +139,7 @@ def analyze(
     device: str | None = None,
     measure: bool = True,
     graph_passes: bool = True,
+    calibration: Any = None,
 ) -> AnalyzeReport:
     """Build the report; ``measure`` runs the real TFLM interpreter for .tflite files.
 
@@ -184,7 +185,7 @@ def analyze(
             + ": the TFLM-greedy figure excludes their scratch; trust the measured TFLM head"
         )
     if device is not None:
-        report.device = device_fit(graph, report, device)
+        report.device = device_fit(graph, report, device, calibration)
     return report
 
 
