@@ -28,7 +28,8 @@ test: lint
 	$(BIN)/python -m pytest -q --durations=15
 
 bench: setup
-	$(BIN)/python benchmarks/arena_and_cost.py
+	$(BIN)/python benchmarks/arena_tflm.py
+	$(BIN)/python benchmarks/cost_model_error.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
