@@ -117,3 +117,17 @@ def test_broadcast_and_reshape_inference() -> None:
     reshape.attrs["shape"] = [3, -1]
     with pytest.raises(InvalidModelError, match="cannot reshape"):
         graph.validate()
+
+
+def test_receptive_field_of_real_first_layers(models_dir) -> None:  # type: ignore[no-untyped-def]
+    """vww (MobileNetV1): conv 3x3/2 then depthwise 3x3/1 then 1x1 conv, SAME padding."""
+    from crosslevel.ir.ops import receptive_field
+    from crosslevel.ir.tflite_io import import_tflite
+
+    graph = import_tflite((models_dir / "vww_96_int8.tflite").read_bytes())
+    rf = receptive_field(graph, graph.nodes[:3])
+    assert rf.size == (7, 7)  # 3 + (3-1)*2 at stride 2, then the 1x1 adds nothing
+    assert rf.jump == (2, 2)
+    assert rf.start[0] <= 0
+    with pytest.raises(InvalidModelError, match="does not map pixels"):
+        receptive_field(graph, graph.nodes[-3:])

@@ -293,8 +293,22 @@ _SPECS: list[OpSpec] = [
     *[
         OpSpec(name, _same_shape, _zero, elementwise=True)
         for name in (
-            "RELU", "RELU6", "RELU_N1_TO_1", "CLIP", "LEAKY_RELU", "LOGISTIC", "TANH",
-            "HARD_SWISH", "SQRT", "RSQRT", "EXP", "ERF", "ABS", "NEG", "IDENTITY", "DROPOUT",
+            "RELU",
+            "RELU6",
+            "RELU_N1_TO_1",
+            "CLIP",
+            "LEAKY_RELU",
+            "LOGISTIC",
+            "TANH",
+            "HARD_SWISH",
+            "SQRT",
+            "RSQRT",
+            "EXP",
+            "ERF",
+            "ABS",
+            "NEG",
+            "IDENTITY",
+            "DROPOUT",
         )
     ],
 ]
@@ -337,3 +351,48 @@ def check_node_shapes(graph: Graph, node: Node) -> None:
                 f"node {node.name!r} ({node.op}) declares output {out!r} with shape "
                 f"{declared}, but its inputs give {shape}"
             )
+
+
+# Operators that slide a window over H and W; everything else maps pixel to pixel or is
+# not spatial (FULLY_CONNECTED, MEAN and RESHAPE end a spatial stage).
+WINDOW_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "AVERAGE_POOL_2D", "MAX_POOL_2D")
+
+
+@dataclass(frozen=True)
+class ReceptiveField:
+    """Input window one output pixel sees after a chain of layers, per axis (H, W).
+
+    ``size`` is the window, ``jump`` the input distance between adjacent output pixels
+    (the product of strides) and ``start`` the input offset of output pixel 0 (negative
+    where padding is read). Patch-based execution sizes its tiles and halos from these.
+    """
+
+    size: tuple[int, int]
+    jump: tuple[int, int]
+    start: tuple[int, int]
+
+
+def receptive_field(graph: Graph, chain: list[Node]) -> ReceptiveField:
+    """Receptive field of the last node's output on the first node's input."""
+    size, jump, start = [1, 1], [1, 1], [0, 0]
+    for node in chain:
+        if node.op not in WINDOW_OPS:
+            if not spec_of(node).elementwise and node.op not in ("PAD",):
+                raise InvalidModelError(
+                    f"node {node.name!r} ({node.op}) does not map pixels to pixels"
+                )
+            if node.op == "PAD":
+                ha, wa = spatial_axes(graph.layout)
+                pads = node.attrs["pads"]
+                for i, axis in enumerate((ha, wa)):
+                    start[i] -= int(pads[axis][0]) * jump[i]
+            continue
+        kernel = kernel_hw(graph, node)
+        strides = node.attrs.get("strides", (1, 1))
+        dilations = node.attrs.get("dilations", (1, 1))
+        pads = node.attrs.get("pads", (0, 0, 0, 0))
+        for i in range(2):
+            start[i] -= int(pads[i]) * jump[i]
+            size[i] += (dilations[i] * (kernel[i] - 1)) * jump[i]
+            jump[i] *= int(strides[i])
+    return ReceptiveField((size[0], size[1]), (jump[0], jump[1]), (start[0], start[1]))
