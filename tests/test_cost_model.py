@@ -11,11 +11,18 @@ import pytest
 
 from crosslevel.errors import UsageError
 from crosslevel.hardware.calibrate import (
+    Measurement,
     ModelSpec,
+    NodeMapper,
     calibrate_host,
     fit_factors,
+    fit_measurements,
+    fit_node_factors,
+    fit_whole_model,
+    leave_one_out,
     quick_models,
     summarize,
+    without_profiler,
 )
 from crosslevel.hardware.cost_model import (
     Calibration,
@@ -25,6 +32,7 @@ from crosslevel.hardware.cost_model import (
     node_costs,
     predict_features_s,
     predict_latency,
+    predict_nodes_s,
 )
 from crosslevel.hardware.devices import get_device
 from crosslevel.ir.graph import Graph, Node, Tensor
@@ -263,9 +271,12 @@ def test_quick_host_calibration_end_to_end(tmp_path: Path) -> None:
     """Real ONNX Runtime timings of four tiny zoo models, a fit, and a LOO report."""
     cal = calibrate_host(quick=True, progress=False)
     assert cal.device == "host" and len(cal.models) == len(quick_models()) == 4
-    fitted = [cal.factors.eff(k) for k in cal.fitted_keys if "/" in k]
+    fitted = [cal.factors.eff(k) for k in cal.fitted_keys if "/" in k and ":" not in k]
     fitted += [cal.factors.mem_efficiency, *cal.factors.dispatch_s.values()]
     assert fitted and all(math.isfinite(v) and v > 0 for v in fitted)
+    # The fit used ORT's per-node kernel times, then the whole-model stage.
+    assert {"node_scale", "overhead", "conv/float32"} <= set(cal.fitted_keys)
+    assert cal.factors.node_scale > 0 and cal.factors.overhead_s >= 0
     assert len(cal.rows) == 4
     for row in cal.rows:
         assert row["measured_ms"] > 0 and row["predicted_ms"] > 0
@@ -296,3 +307,178 @@ def test_uncalibrated_factors_have_every_class() -> None:
         assert isinstance(factors, CostFactors)
         assert all(v > 0 for v in factors.efficiency.values())
         assert factors.dispatch("conv") > factors.dispatch("view") > 0
+
+
+# ----------------------------------------------------------------------------- per-node fit
+def _residual_graph() -> Graph:
+    """conv0 + RELU -> conv1 -> ADD(relu0, conv1) -> MEAN: a fused activation and a sum."""
+    rng = np.random.default_rng(2)
+    t = {
+        "x": Tensor("x", (1, 8, 8, 8), "float32"),
+        "w0": Tensor("w0", (8, 8, 3, 3), "float32", data=rng.standard_normal((8, 8, 3, 3))
+                     .astype(np.float32)),
+        "c0": Tensor("c0", (1, 8, 8, 8), "float32"),
+        "r0": Tensor("r0", (1, 8, 8, 8), "float32"),
+        "w1": Tensor("w1", (8, 8, 1, 1), "float32", data=rng.standard_normal((8, 8, 1, 1))
+                     .astype(np.float32)),
+        "c1": Tensor("c1", (1, 8, 8, 8), "float32"),
+        "a": Tensor("a", (1, 8, 8, 8), "float32"),
+        "m": Tensor("m", (1, 8, 1, 1), "float32"),
+    }  # fmt: skip
+    attrs = {"strides": (1, 1), "pads": (1, 1, 1, 1), "groups": 1}
+    nodes = [
+        Node("conv0", "CONV_2D", ["x", "w0"], ["c0"], attrs),
+        Node("relu0", "RELU", ["c0"], ["r0"]),
+        Node("conv1", "CONV_2D", ["r0", "w1"], ["c1"], {**attrs, "pads": (0, 0, 0, 0)}),
+        Node("add", "ADD", ["r0", "c1"], ["a"]),
+        Node("mean", "MEAN", ["a"], ["m"], {"axes": (2, 3), "keepdims": True}),
+    ]
+    graph = Graph("residual", t, nodes, ["x"], ["m"])
+    graph.validate()
+    return graph
+
+
+def test_profiled_kernels_map_back_to_the_nodes_that_cost_them() -> None:
+    graph = _residual_graph()
+    costs = {c.name: c for c in node_costs(graph)}
+    assert costs["relu0"].fused and costs["conv0"].activation == "RELU"
+    assert costs["conv1"].activation == "ADD" and costs["mean"].activation == ""
+    assert costs["conv1"].weight_bytes == 8 * 8 * 4 and costs["mean"].weight_bytes == 0
+    assert (costs["conv0"].depth, costs["conv0"].channels, costs["conv0"].spatial) == (72, 8, 64)
+    mapper = NodeMapper(graph)
+    # ORT names a fused Conv+Relu after the Relu's output, NCHWc kernels with "_nchwc".
+    assert mapper.ir_node("r0_nchwc_kernel_time", "Conv") == "conv0"
+    assert mapper.ir_node("conv0_kernel_time", "Conv") == "conv0"
+    # A Conv fused with the residual Add is named after the Add's output: charge the conv.
+    assert mapper.ir_node("a_nchwc_kernel_time", "Conv") == "conv1"
+    assert mapper.ir_node("mean_kernel_time", "GlobalAveragePool") == "mean"
+    assert mapper.ir_node("ReorderOutput_kernel_time", "ReorderOutput") is None
+
+
+def _truth_factors() -> CostFactors:
+    """Known per-node factors with every calibrated term in use."""
+    truth = default_factors(get_device("host"))
+    truth.mem_efficiency = 100.0  # the per-node fit switches the memory roofline off
+    truth.efficiency.update({"conv/float32": 0.6, "pointwise/float32": 0.45,
+                             "depthwise/float32": 0.15, "fc/float32": 0.2})  # fmt: skip
+    truth.dispatch_s.update({"conv": 4e-6, "depthwise": 2e-6, "pointwise": 3e-6, "fc": 2e-6,
+                             "reduce": 1e-6})  # fmt: skip
+    truth.shape_exponents = {"pointwise/float32": [0.15, 0.05, 0.1, -0.05]}
+    truth.weight_cost = {"fc/float32": [2e-11, 64e3]}
+    truth.activation_s = {"conv/float32+RELU": [0.0, 2e-10]}
+    return truth
+
+
+def _profiled_set() -> list[Graph]:
+    """Like ``_synthetic_set``, with and without fused RELUs (so epilogues are separable)."""
+    sizes = (4, 8, 12, 16, 20, 24, 32, 40, 48)
+    graphs = [_conv_stack(MOBILE_BLOCK, hw=hw, relu=i % 2 == 0, seed=hw)
+              for i, hw in enumerate(sizes)]  # fmt: skip
+    graphs += [_conv_stack([(c, 3, 1), (c, 3, c), (2 * c, 1, 1)], hw=20, relu=c != 16)
+               for c in (8, 16, 48)]  # fmt: skip
+    graphs += [_conv_stack([(c, 1, 1), (c, 3, 1), (c, 3, 1)], hw=12, relu=c == 16)
+               for c in (16, 32)]  # fmt: skip
+    graphs += [_fc_graph(f, h) for f, h in ((64, 16), (640, 128), (2048, 512), (4096, 1024))]
+    return graphs
+
+
+def _synthetic_measurements(truth: CostFactors, profiler_s: float = 0.0) -> list[Measurement]:
+    """Measurements whose per-node and whole-model times come from ``truth``.
+
+    Per-node times carry ``profiler_s`` per kernel (as ORT's profiler adds); whole-model
+    times are ``1.1 x nodes + 20 us``.
+    """
+    device = get_device("host")
+    out: list[Measurement] = []
+    for graph in _profiled_set():
+        feat = GraphFeatures.of(graph, device)
+        nodes = predict_nodes_s(feat, device, truth)
+        node_ms = {n: (t + profiler_s) * 1e3 for n, t in zip(feat.nodes, nodes, strict=True)}
+        whole_ms = (1.1 * float(np.sum(nodes)) + 20e-6) * 1e3
+        out.append(Measurement(graph.name + str(len(out)), feat, whole_ms, 10, [whole_ms],
+                               whole_ms, node_ms))  # fmt: skip
+    return out
+
+
+def test_node_fit_predicts_held_out_graphs_from_per_node_times() -> None:
+    device = get_device("host")
+    truth = _truth_factors()
+    measured = _synthetic_measurements(truth)
+    held, train = measured[5], measured[:5] + measured[6:]  # 24x24: inside the range
+    fitted, names = fit_node_factors(
+        [m.features for m in train], [m.node_ms for m in train], device
+    )
+    assert "shape:pointwise/float32" in names and "epilogue:conv/float32+RELU" in names
+    got = predict_nodes_s(held.features, device, fitted)
+    want = predict_nodes_s(held.features, device, truth)
+    np.testing.assert_allclose(got, want, rtol=0.05)
+
+
+def test_whole_model_stage_removes_profiler_cost_and_adds_overhead() -> None:
+    device = get_device("host")
+    truth = _truth_factors()
+    measured = _synthetic_measurements(truth, profiler_s=3e-6)
+    targets = [m.min_ms / 1e3 for m in measured]
+    node_factors, _ = fit_node_factors(
+        [m.features for m in measured], [m.node_ms for m in measured], device
+    )
+    whole = fit_whole_model([m.features for m in measured], targets, device, node_factors)
+    assert whole.overhead_s == pytest.approx(20e-6, rel=0.25)
+    assert whole.node_scale == pytest.approx(1.1, rel=0.05)
+    got = [predict_features_s(m.features, device, whole) for m in measured]
+    np.testing.assert_allclose(got, targets, rtol=0.05)
+    # The profiler's share comes off every dispatch, never below zero.
+    less = without_profiler(node_factors, 1.0)
+    assert all(0 < v < 1e-7 for v in less.dispatch_s.values())
+
+
+def test_leave_one_out_never_shows_the_held_out_variant_to_the_fit() -> None:
+    device = get_device("host")
+    measured = _synthetic_measurements(_truth_factors())[:5]
+    seen: list[set[str]] = []
+
+    def spy(train: list[Measurement], times: list[float], dev: object) -> tuple:
+        seen.append({m.label for m in train})
+        assert len(times) == len(train)
+        return fit_measurements(train, times, device)
+
+    rows = leave_one_out(measured, device, fit=spy)
+    for m, row, labels in zip(measured, rows, seen, strict=True):
+        assert row["model"] == m.label and m.label not in labels and len(labels) == 4
+
+
+def test_calibrated_prediction_uses_every_term_and_round_trips(tmp_path: Path) -> None:
+    device = get_device("host")
+    factors = _truth_factors()
+    factors.node_scale, factors.overhead_s = 1.2, 30e-6
+    cal = Calibration("host", factors, ["memory"], ["x"], "test")
+    graph = _conv_stack(MOBILE_BLOCK, hw=16)
+    pred = predict_latency(graph, device, cal)
+    assert pred.overhead_ms == pytest.approx(0.03)
+    assert pred.total_ms == pytest.approx(sum(pred.per_node_ms.values()) + 0.03, rel=1e-12)
+    feats = GraphFeatures.of(graph, device)
+    assert predict_features_s(feats, device, factors) * 1e3 == pytest.approx(pred.total_ms)
+    plain = predict_latency(graph, device, Calibration("host", default_factors(device), [], [],
+                                                      "t"))  # fmt: skip
+    assert plain.overhead_ms == 0 and plain.total_ms != pred.total_ms
+    path = tmp_path / "cal.json"
+    cal.save(path)
+    assert Calibration.load(path) == cal
+    doc = json.loads(path.read_text())
+    # A /1 file (no shape, weight, epilogue, scale or overhead terms) still loads.
+    old = {
+        **doc,
+        "format": "crosslevel.calibration/1",
+        "factors": {k: doc["factors"][k] for k in ("efficiency", "mem_efficiency", "dispatch_s")},
+    }
+    path.write_text(json.dumps(old))
+    assert Calibration.load(path).factors.overhead_s == 0.0
+    for bad in (
+        {"shape_exponents": {"pointwise/float32": [1.0]}},
+        {"weight_cost": {"fc/float32": [-1.0, 0.0]}},
+        {"overhead_s": float("nan")},
+        {"node_scale": 0.0},
+    ):
+        path.write_text(json.dumps({**doc, "factors": {**doc["factors"], **bad}}))
+        with pytest.raises(UsageError, match=str(path)):
+            Calibration.load(path)

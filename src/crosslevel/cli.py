@@ -185,7 +185,7 @@ def calibrate(
     writes OUT/calibration.json, which `analyze --device host --calibration` uses.
     """
     from crosslevel.hardware.calibrate import calibrate_host
-    from crosslevel.report.calibration import loo_summary, loo_table
+    from crosslevel.report.calibration import factors_table, loo_summary, loo_table
 
     cal = calibrate_host(quick=quick, progress=not as_json, cache_dir=cache_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -194,6 +194,7 @@ def calibrate(
         print_json(cal.to_dict())
         return
     console.print(loo_table(cal))
+    console.print(factors_table(cal))
     console.print(loo_summary(cal))
     console.print(f"wrote {out / 'calibration.json'}")
 

@@ -1,21 +1,33 @@
 """Calibrate the cost model on this machine: measure with ONNX Runtime, fit, report error.
 
 The host is the one device we can measure. We run zoo models and their width/resolution
-variants through ONNX Runtime on one thread (float32, as exported from PyTorch), take
-the median of many runs, and fit the cost model's free factors (per operator class
-efficiency, memory efficiency, per-operator dispatch) to those medians by least squares
-on the log of predicted/measured time (so a 50 us model weighs as much as a 5 ms one).
+variants through ONNX Runtime on one thread (float32, as exported from PyTorch) and fit
+the cost model in two stages:
 
-How good the fit is we report by leave-one-out: for each variant, fit on all the others
-and predict it. The share of held-out variants within +-10 % and their median absolute
-percentage error go into the saved ``Calibration`` beside the factors, so every
-prediction made with it can say how far it is to be trusted.
+1. Per node. ORT's own profiler gives every kernel's time, so each model yields dozens
+   of data points. Kernels are mapped back to IR nodes (``NodeMapper``) and each
+   operator class gets a dispatch cost, an efficiency that depends on the layer's shape
+   (a power law in reduction depth, output channels and output size, plus a penalty for
+   depth far from width), a cost for weights beyond what the core's cache holds, and a
+   cost per fused epilogue (ReLU6 runs as an extra pass over the output; ReLU does not).
+   Why: one efficiency per class cannot tell a 1x1 conv at 39 GMAC/s (MobileNetV1) from
+   one at 20 GMAC/s (a MobileNetV2 expand layer), and whole-model times alone cannot
+   separate a dozen shape parameters.
+2. Whole model. The profiler adds its own few microseconds to every kernel, and a run
+   does work no kernel shows, so ``total = scale * sum(nodes - profiler) + overhead`` is
+   fitted to unprofiled whole-model times (three numbers).
 
-Timing is noisy on a shared machine, so variants are measured in interleaved rounds and
-each keeps the median of its quietest round (the smallest round median): load from other
-processes only ever adds time. On a machine that others keep busy even that moves by 5-20 %
-from run to run, so the fastest single run is recorded too and ``statistic="min"`` fits
-and scores against it instead (it moved by under 2 % between runs here).
+How good the fit is we report by leave-one-out: for each variant, fit both stages on
+all the others (none of the held-out variant's timings, per node or whole) and predict
+it. The share of held-out variants within +-10 % and their median absolute percentage
+error go into the saved ``Calibration`` beside the factors, so every prediction made
+with it can say how far it is to be trusted.
+
+Timing is noisy on a shared machine, so variants are measured in interleaved rounds.
+Each keeps its fastest run (``statistic="min"``, the default) and the median of its
+quietest round (``statistic="median"``); per-node kernel times are minimums over runs.
+Load from other processes only ever adds time, so the minimum is the figure that
+repeats from one calibration to the next.
 """
 
 from __future__ import annotations
@@ -24,7 +36,7 @@ import json
 import math
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,14 +46,17 @@ from scipy.optimize import least_squares
 
 from crosslevel.hardware.cost_model import (
     EFF_LIMITS,
+    N_SHAPE_TERMS,
     SHAPE_REF,
     Calibration,
     CostFactors,
     GraphFeatures,
     default_factors,
+    epilogues_s,
     node_costs,
     predict_features_s,
     predict_nodes_s,
+    shape_terms,
 )
 from crosslevel.hardware.devices import Device, get_device
 from crosslevel.ir.graph import Graph
@@ -304,8 +319,9 @@ def measure_models(
                     node_ms[i] = _elementwise_min(node_ms[i], nodes)
                 bar.advance(task)
     return [
-        Measurement(spec.label, feat, min(medians[i]), runs[i], medians[i], min(minimums[i]),
-                    node_ms[i])  # fmt: skip
+        Measurement(
+            spec.label, feat, min(medians[i]), runs[i], medians[i], min(minimums[i]), node_ms[i]
+        )  # fmt: skip
         for i, (spec, feat, _, _) in enumerate(compiled)
     ]
 
@@ -343,8 +359,7 @@ class _Layout:
         eff.update({k: float(v) for k, v in zip(self.keys, values[:n], strict=True)})
         dispatch = dict(base.dispatch_s)
         dispatch.update({c: float(v) for c, v in zip(self.classes, values[n + 1 :], strict=True)})
-        return CostFactors(eff, float(values[n]), dispatch, dict(base.shape_exponents),
-                           base.node_scale, base.overhead_s)  # fmt: skip
+        return replace(base, efficiency=eff, mem_efficiency=float(values[n]), dispatch_s=dispatch)
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         lows = [_EFF_BOUNDS[0]] * len(self.keys) + [_MEM_BOUNDS[0]]
@@ -387,12 +402,21 @@ class _Stack:
         self.fixed_eff = np.array([base.eff(k) for k in keys], dtype=np.float64)
         # Shape terms stay as ``base`` has them (fitted on per-node times, or none):
         # each node's efficiency is its key's times this fixed factor.
-        exps = np.array([base.shape_exponents.get(k, (0.0, 0.0, 0.0)) for k in keys],
-                        dtype=np.float64).reshape(-1, 3)  # fmt: skip
+        exps = np.array([base.shape_exponents.get(k, [0.0] * N_SHAPE_TERMS) for k in keys],
+                        dtype=np.float64).reshape(-1, N_SHAPE_TERMS)  # fmt: skip
         shapes = np.concatenate([f.shape.reshape(-1, 3) for f in features])
         if len(shapes) != len(keys):  # features built without shapes: no shape terms
             shapes = np.ones((len(keys), 3)) * np.asarray(SHAPE_REF)
-        self.shape_mult = np.exp(np.sum(exps * np.log(shapes / np.asarray(SHAPE_REF)), axis=1))
+        self.shape_mult = np.exp(np.sum(exps * shape_terms(shapes), axis=1))
+        self.shaped = np.any(exps, axis=1)
+        self.caps = np.array([base.cap(k) for k in keys])
+        weights = np.concatenate([f.weight_bytes for f in features])
+        self.weight_s = np.zeros(len(keys))
+        if len(weights) == len(keys):
+            pairs = zip(keys, weights, strict=True)
+            self.weight_s = np.array([base.weight_s(k, w) for k, w in pairs])
+        if base.activation_s:  # fixed epilogue costs, as fitted on per-node times
+            self.weight_s += np.concatenate([epilogues_s(f, base) for f in features])
         self.work = np.concatenate([f.work for f in features])
         self.bytes = np.concatenate([f.bytes for f in features])
         self.peak = np.concatenate([f.peak for f in features])
@@ -405,10 +429,11 @@ class _Stack:
         values = np.exp(theta)
         eff_values = np.append(values[: self.n_eff], 1.0)  # index -1 never selected below
         eff = np.where(self.key_idx >= 0, eff_values[self.key_idx], self.fixed_eff)
-        eff = np.clip(eff * self.shape_mult, *EFF_LIMITS)
+        eff = np.where(self.shaped, np.clip(eff * self.shape_mult, EFF_LIMITS[0], self.caps), eff)
         mem = values[self.n_eff]
         dispatch = values[self.n_eff + 1 :][self.class_idx]
         busy = np.maximum(self.work / (self.peak * eff), self.bytes / (self.bandwidth * mem))
+        busy = busy + self.weight_s
         return np.bincount(self.graph_id, weights=busy + dispatch, minlength=self.n_graphs)
 
 
@@ -461,6 +486,7 @@ def fit_factors(
 SHAPE_PRIOR_WEIGHT = 0.3  # ridge on shape exponents, in units of log-time residual
 _MIN_NODES_FOR_SHAPE = 12  # fewer timed nodes of a class: efficiency without shape terms
 _FREE_DISPATCH_S = 1e-8  # a class ORT never runs as its own kernel costs (almost) nothing
+_CAP_MARGIN = 1.25  # a shaped node may beat the best kernel seen in calibration by this much
 
 
 @dataclass
@@ -469,71 +495,150 @@ class _ClassData:
 
     work: np.ndarray
     peak: np.ndarray
-    log_shape: np.ndarray  # (n, 3): log(depth, channels, spatial) / SHAPE_REF
+    log_shape: np.ndarray  # (n, N_SHAPE_TERMS): ``shape_terms`` of each node
+    weight_bytes: np.ndarray
+    activations: list[str]  # fused epilogue of each node ("" for none)
     seconds: np.ndarray
+    elements: np.ndarray = field(init=False)  # output elements of each node
+    eff_cap: float = field(init=False)  # the best efficiency any node reached
+    masks: dict[str, np.ndarray] = field(init=False)  # epilogue -> nodes that have it
+
+    def __post_init__(self) -> None:
+        shape = np.exp(self.log_shape[:, :3]) * np.asarray(SHAPE_REF)
+        self.elements = np.asarray(shape[:, 1] * shape[:, 2])
+        acts = np.array(self.activations, dtype=object)
+        self.masks = {a: (acts == a).astype(np.float64) for a in set(self.activations) if a}
+        achieved = self.work / (self.peak * self.seconds)
+        best = _CAP_MARGIN * float(np.max(achieved))
+        self.eff_cap = float(min(EFF_LIMITS[1], max(EFF_LIMITS[0], best)))
 
 
 def _class_data(
     features: Sequence[GraphFeatures], node_ms: Sequence[dict[str, float]]
 ) -> tuple[dict[str, _ClassData], set[str]]:
     """Timed nodes grouped by key, and the keys that occur but ORT never timed."""
-    rows: dict[str, list[tuple[float, float, np.ndarray, float]]] = {}
+    rows: dict[str, list[int | tuple[GraphFeatures, int, float]]] = {}
     present: set[str] = set()
     for feat, times in zip(features, node_ms, strict=True):
         for i, (key, node) in enumerate(zip(feat.keys, feat.nodes, strict=True)):
             present.add(key)
             if times.get(node, 0.0) > 0:
-                rows.setdefault(key, []).append(
-                    (feat.work[i], feat.peak[i], feat.shape[i], times[node] / 1e3)
-                )
-    data = {
-        key: _ClassData(
-            work=np.array([r[0] for r in items]),
-            peak=np.array([r[1] for r in items]),
-            log_shape=np.log(np.array([r[2] for r in items]) / np.asarray(SHAPE_REF)),
-            seconds=np.array([r[3] for r in items]),
-        )
-        for key, items in rows.items()
-    }
+                rows.setdefault(key, []).append((feat, i, times[node] / 1e3))
+    data = {key: _stack_rows(items) for key, items in rows.items()}  # type: ignore[arg-type]
     return data, present - set(data)
 
 
-def _fit_class(
-    data: _ClassData, eff0: float, dispatch0: float
-) -> tuple[float, float, list[float]]:
-    """Dispatch (s), reference efficiency and shape exponents of one key, by least squares.
+def _stack_rows(items: Sequence[tuple[GraphFeatures, int, float]]) -> _ClassData:
+    return _ClassData(
+        work=np.array([f.work[i] for f, i, _ in items]),
+        peak=np.array([f.peak[i] for f, i, _ in items]),
+        log_shape=shape_terms(np.array([f.shape[i] for f, i, _ in items])),
+        weight_bytes=np.array([f.weight_bytes[i] for f, i, _ in items]),
+        activations=[f.activations[i] if f.activations else "" for f, i, _ in items],
+        seconds=np.array([t for _, _, t in items]),
+    )
 
-    Model: ``t = dispatch + work / (peak * eff * prod(shape_i ** exp_i))`` against the
-    profiled kernel times, on log(t) (relative error). Exponents are fitted only along
-    shape dimensions that vary in this key's data, and with a ridge pull towards 0.
+
+@dataclass
+class _ClassFit:
+    dispatch_s: float
+    eff: float
+    exponents: list[float]
+    weight_cost: list[float]  # [seconds per byte, bytes free]
+    activation_s: dict[str, list[float]]  # epilogue -> [seconds, seconds per element]
+
+
+@dataclass
+class _ClassParams:
+    """Where each parameter of one key's fit sits in the vector (log-values)."""
+
+    varying: list[int]  # shape dimensions with exponents
+    has_weights: bool
+    epilogues: list[str]
+    free_bytes0: float = 256e3  # start of the weight-cost knee
+
+    @property
+    def n_exp(self) -> int:
+        return len(self.varying)
+
+    def bounds_and_start(self, prior: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        lo = [math.log(_DISPATCH_BOUNDS[0]), math.log(_EFF_BOUNDS[0])] + [-3.0] * self.n_exp
+        hi = [math.log(_DISPATCH_BOUNDS[1]), math.log(_EFF_BOUNDS[1])] + [3.0] * self.n_exp
+        x0 = [*prior, *([0.0] * self.n_exp)]
+        if self.has_weights:  # between ~free and 1 GB/s; free bytes 1 KB .. 64 MB
+            lo, hi = [*lo, -34.5, math.log(1e3)], [*hi, -20.7, math.log(64e6)]
+            x0 = [*x0, math.log(1e-11), math.log(self.free_bytes0)]
+        for _ in self.epilogues:  # fixed part up to 100 us, per element up to 10 ns
+            lo, hi = [*lo, -25.0, -34.5], [*hi, math.log(1e-4), math.log(1e-8)]
+            x0 = [*x0, math.log(1e-7), math.log(1e-11)]
+        lo_a, hi_a = np.array(lo), np.array(hi)
+        return lo_a, hi_a, np.clip(np.array(x0), lo_a + 1e-9, hi_a - 1e-9)
+
+    def unpack(self, theta: np.ndarray) -> _ClassFit:
+        exps = np.zeros(N_SHAPE_TERMS)
+        exps[self.varying] = theta[2 : 2 + self.n_exp]
+        at = 2 + self.n_exp
+        weights = [math.exp(theta[at]), math.exp(theta[at + 1])] if self.has_weights else [0.0, 0.0]
+        at += 2 * int(self.has_weights)
+        epi = {
+            name: [math.exp(theta[at + 2 * j]), math.exp(theta[at + 2 * j + 1])]
+            for j, name in enumerate(self.epilogues)
+        }
+        return _ClassFit(math.exp(theta[0]), math.exp(theta[1]), [float(e) for e in exps],
+                         weights, epi)  # fmt: skip
+
+
+def _predict_class(data: _ClassData, fit: _ClassFit) -> np.ndarray:
+    """Per-node seconds of one key under a trial fit (the ``predict_nodes_s`` formula)."""
+    eff = fit.eff * np.exp(data.log_shape @ np.asarray(fit.exponents))
+    eff = np.clip(eff, EFF_LIMITS[0], data.eff_cap) if any(fit.exponents) else eff
+    per_byte, free_bytes = fit.weight_cost
+    seconds = fit.dispatch_s + data.work / (data.peak * eff)
+    seconds = seconds + per_byte * np.maximum(0.0, data.weight_bytes - free_bytes)
+    for name, (fixed, per_element) in fit.activation_s.items():
+        seconds = seconds + data.masks[name] * (fixed + per_element * data.elements)
+    return np.asarray(seconds)
+
+
+def _fit_class(data: _ClassData, eff0: float, dispatch0: float) -> _ClassFit:
+    """Dispatch, reference efficiency, shape exponents, weight and epilogue costs of one key.
+
+    Model: ``t = dispatch + work / (peak * eff * prod(shape_i ** exp_i)) + weights * w
+    + epilogue`` against the profiled kernel times, by least squares on log(t) (relative
+    error). Exponents are fitted only along shape dimensions that vary in this key's
+    data, with a ridge pull towards 0; the weight cost only where nodes carry weights.
     """
-    varying = [j for j in range(3) if np.ptp(data.log_shape[:, j]) > 0.1]
-    if len(data.seconds) < _MIN_NODES_FOR_SHAPE or not np.any(data.work > 0):
-        varying = []
+    enough = len(data.seconds) >= _MIN_NODES_FOR_SHAPE and bool(np.any(data.work > 0))
+    params = _ClassParams(
+        varying=[j for j in range(N_SHAPE_TERMS) if np.ptp(data.log_shape[:, j]) > 0.1]
+        if enough
+        else [],
+        has_weights=enough and bool(np.ptp(np.log1p(data.weight_bytes)) > 1.0),
+        epilogues=sorted({a for a in data.activations if a}),
+    )
     target = np.log(data.seconds)
     prior = np.array([math.log(dispatch0), math.log(eff0)])
 
-    def unpack(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        exps = np.zeros(3)
-        exps[varying] = theta[2:]
-        return math.exp(theta[0]), np.exp(theta[1] + data.log_shape @ exps)
-
     def residuals(theta: np.ndarray) -> np.ndarray:
-        dispatch, eff = unpack(theta)
-        eff = np.clip(eff, *EFF_LIMITS)
-        seconds = dispatch + data.work / (data.peak * eff)
+        seconds = _predict_class(data, params.unpack(theta))
         return np.concatenate(
-            [np.log(seconds) - target, PRIOR_WEIGHT * (theta[:2] - prior),
-             SHAPE_PRIOR_WEIGHT * theta[2:]]  # fmt: skip
+            [
+                np.log(seconds) - target,
+                PRIOR_WEIGHT * (theta[:2] - prior),
+                SHAPE_PRIOR_WEIGHT * theta[2 : 2 + params.n_exp],
+            ]  # fmt: skip
         )
 
-    lo = np.array([math.log(_DISPATCH_BOUNDS[0]), math.log(_EFF_BOUNDS[0])] + [-3.0] * len(varying))
-    hi = np.array([math.log(_DISPATCH_BOUNDS[1]), math.log(_EFF_BOUNDS[1])] + [3.0] * len(varying))
-    x0 = np.clip(np.concatenate([prior, np.zeros(len(varying))]), lo + 1e-9, hi - 1e-9)
-    theta = least_squares(residuals, x0, bounds=(lo, hi), method="trf").x
-    exps = np.zeros(3)
-    exps[varying] = theta[2:]
-    return math.exp(theta[0]), math.exp(theta[1]), [float(e) for e in exps]
+    best = None
+    for knee in (32e3, 256e3, 1e6) if params.has_weights else (0.0,):
+        params.free_bytes0 = knee  # the knee makes the problem non-smooth: several starts
+        lo, hi, x0 = params.bounds_and_start(prior)
+        # Start below the efficiency cap: above it the clip leaves no gradient to follow.
+        x0[1] = max(min(x0[1], math.log(0.5 * data.eff_cap)), lo[1] + 1e-9)
+        result = least_squares(residuals, x0, bounds=(lo, hi))
+        best = result if best is None or result.cost < best.cost else best
+    assert best is not None
+    return params.unpack(best.x)
 
 
 def fit_node_factors(
@@ -555,19 +660,32 @@ def fit_node_factors(
     eff = dict(base.efficiency)
     dispatch = dict(base.dispatch_s)
     exponents: dict[str, list[float]] = {}
+    weight_cost: dict[str, list[float]] = {}
+    epilogue: dict[str, list[float]] = {}
+    caps: dict[str, float] = {}
     names: list[str] = []
     for key, items in sorted(data.items()):
         cls = _class_of(key)
-        d, e, x = _fit_class(items, base.eff(key), base.dispatch(cls))
-        dispatch[cls], eff[key] = d, e  # one dtype per class here: float32 on the host
-        if any(x):
-            exponents[key] = x
-        names += [key, f"dispatch:{cls}", *([f"shape:{key}"] if any(x) else [])]
+        fit = _fit_class(items, base.eff(key), base.dispatch(cls))
+        dispatch[cls], eff[key] = fit.dispatch_s, fit.eff  # one dtype per class on the host
+        names += [key, f"dispatch:{cls}"]
+        if any(fit.exponents):
+            exponents[key] = fit.exponents
+            caps[key] = items.eff_cap
+            names.append(f"shape:{key}")
+        if fit.weight_cost[0] > 0:
+            weight_cost[key] = fit.weight_cost
+            names.append(f"weights:{key}")
+        for act, pair in fit.activation_s.items():
+            epilogue[f"{key}+{act}"] = pair
+            names.append(f"epilogue:{key}+{act}")
     for key in sorted(untimed):
         if _class_of(key) not in {_class_of(k) for k in data}:
             eff[key], dispatch[_class_of(key)] = _EFF_BOUNDS[1], _FREE_DISPATCH_S
             names += [key, f"dispatch:{_class_of(key)}"]
-    return CostFactors(eff, _MEM_BOUNDS[1], dispatch, exponents), names
+    factors = CostFactors(eff, _MEM_BOUNDS[1], dispatch, exponents, weight_cost=weight_cost,
+                          activation_s=epilogue, eff_cap=caps)  # fmt: skip
+    return factors, names
 
 
 def fit_whole_model(
@@ -578,40 +696,64 @@ def fit_whole_model(
 ) -> CostFactors:
     """Map profiled per-node predictions onto whole unprofiled runs.
 
-    ``total = scale * sum(max(node - profiler_s, ~0)) + overhead``: the profiler adds a
-    fixed cost to every kernel it times (taken off each class's dispatch), ORT does work
-    per run that no kernel shows (input/output copies, layout reorders), and a residual
-    scale absorbs what the profiler does to caches. Three numbers, fitted on log-ratios.
+    ``total = scale * sum(nodes without the profiler's share) + overhead``: the profiler
+    adds a fixed cost to every kernel it times (taken off each class's dispatch and off
+    each separately run epilogue op), ORT does work per run that no kernel shows (input
+    and output copies, layout reorders), and a residual scale absorbs what the profiler
+    does to caches. Three numbers, fitted on log-ratios of whole-model times.
     """
-    no_dispatch = replace_dispatch(node_factors, math.inf)
-    busy = np.array([float(np.sum(predict_nodes_s(f, device, no_dispatch))) for f in features])
-    dispatch = [np.array([node_factors.dispatch(_class_of(k)) for k in f.keys]) for f in features]
     target = np.log(np.asarray(measured_s, dtype=np.float64))
+    parts = [_profiled_parts(f, device, node_factors) for f in features]
 
-    def totals(theta: np.ndarray) -> np.ndarray:
-        scale, profiler, overhead = math.exp(theta[0]), theta[1] * 1e-6, theta[2] * 1e-6
-        kept = np.array([np.sum(np.maximum(d - profiler, _FREE_DISPATCH_S)) for d in dispatch])
-        return scale * (busy + kept) + overhead
+    def sums(profiler_s: float) -> np.ndarray:
+        """``without_profiler`` applied to every node, vectorized (same arithmetic)."""
+        return np.array([
+            np.sum(rest + np.maximum(dispatch - profiler_s, _FREE_DISPATCH_S)
+                   + np.maximum(fixed - profiler_s * ops, 0.0))
+            for rest, dispatch, fixed, ops in parts
+        ])  # fmt: skip
 
     def residuals(theta: np.ndarray) -> np.ndarray:
-        return np.concatenate([np.log(totals(theta)) - target, [PRIOR_WEIGHT * theta[0]]])
+        totals = math.exp(theta[0]) * sums(theta[1] * 1e-6) + theta[2] * 1e-6
+        return np.concatenate([np.log(totals) - target, [PRIOR_WEIGHT * theta[0]]])
 
     lo, hi = np.array([-2.0, 0.0, 0.0]), np.array([2.0, 50.0, 5e3])
     best = min(
-        (least_squares(residuals, np.array([0.0, p0, 5.0]), bounds=(lo, hi)) for p0 in (0.5, 5.0)),
+        (least_squares(residuals, np.array([0.0, p0, 5.0]), bounds=(lo, hi))
+         for p0 in (0.5, 3.0)),
         key=lambda r: r.cost,
-    )
-    scale, profiler, overhead = math.exp(best.x[0]), best.x[1] * 1e-6, best.x[2] * 1e-6
-    out = replace_dispatch(node_factors, profiler)
-    out.node_scale, out.overhead_s = scale, overhead
+    )  # fmt: skip
+    out = without_profiler(node_factors, best.x[1] * 1e-6)
+    out.node_scale, out.overhead_s = math.exp(best.x[0]), best.x[2] * 1e-6
     return out
 
 
-def replace_dispatch(factors: CostFactors, minus_s: float) -> CostFactors:
-    """A copy of ``factors`` with ``minus_s`` taken off every dispatch (kept >= ~0)."""
-    dispatch = {c: max(v - minus_s, _FREE_DISPATCH_S) for c, v in factors.dispatch_s.items()}
-    return CostFactors(dict(factors.efficiency), factors.mem_efficiency, dispatch,
-                       dict(factors.shape_exponents), factors.node_scale, factors.overhead_s)
+def _profiled_parts(
+    feat: GraphFeatures, device: Device, factors: CostFactors
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per node: time without dispatch and epilogue fixed part, the dispatch, that fixed
+    part, and the epilogue's op count (node scale 1, as ``fit_node_factors`` returns)."""
+    dispatch = np.array([factors.dispatch(_class_of(k)) for k in feat.keys])
+    acts = feat.activations or ("",) * len(feat.keys)
+    fixed = np.array([factors.activation_s.get(f"{k}+{a}", (0.0, 0.0))[0] if a else 0.0
+                      for k, a in zip(feat.keys, acts, strict=True)])  # fmt: skip
+    ops = np.array([len(a.split(",")) if a else 0 for a in acts], dtype=np.float64)
+    rest = predict_nodes_s(feat, device, replace(factors, node_scale=1.0)) - dispatch - fixed
+    return rest, dispatch, fixed, ops
+
+
+def without_profiler(factors: CostFactors, profiler_s: float) -> CostFactors:
+    """``factors`` with a profiler's per-kernel cost taken off (each term kept >= ~0).
+
+    Every class's dispatch is one kernel; an epilogue's fixed part is one kernel per op
+    in it when the runtime runs them separately (and ~0 when it fuses them anyway).
+    """
+    dispatch = {c: max(v - profiler_s, _FREE_DISPATCH_S) for c, v in factors.dispatch_s.items()}
+    epilogue = {
+        k: [max(0.0, fixed - profiler_s * len(k.partition("+")[2].split(","))), per_element]
+        for k, (fixed, per_element) in factors.activation_s.items()
+    }
+    return replace(factors, dispatch_s=dispatch, activation_s=epilogue)
 
 
 # ----------------------------------------------------------------------------- error
@@ -634,21 +776,41 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
     }
 
 
+def fit_measurements(
+    measurements: Sequence[Measurement], measured_s: Sequence[float], device: Device
+) -> tuple[CostFactors, list[str]]:
+    """The calibrated factors from measured variants: per-node first, then whole-model.
+
+    With per-node kernel times (every measurement profiled) the shape-aware per-node
+    model is fitted to them and mapped onto the whole-model times (``fit_whole_model``);
+    without them the whole-model fit alone (``fit_factors``) is used.
+    """
+    features = [m.features for m in measurements]
+    if not all(m.node_ms for m in measurements):
+        return fit_factors(features, measured_s, device)
+    node_factors, names = fit_node_factors(features, [m.node_ms for m in measurements], device)
+    factors = fit_whole_model(features, measured_s, device, node_factors)
+    return factors, [*names, "profiler", "node_scale", "overhead"]
+
+
 def leave_one_out(
     measurements: Sequence[Measurement],
     device: Device,
-    fit: Callable[..., tuple[CostFactors, list[str]]] = fit_factors,
-    statistic: str = "median",
+    fit: Callable[..., tuple[CostFactors, list[str]]] = fit_measurements,
+    statistic: str = "min",
 ) -> list[dict[str, Any]]:
-    """For each variant: fit on the others, predict it; rows of measured vs predicted."""
+    """For each variant: fit on the others, predict it; rows of measured vs predicted.
+
+    ``fit(measurements, measured_s, device)`` sees only the other variants: neither the
+    held-out variant's whole-model time nor any of its per-node kernel times.
+    """
     if len(measurements) < 2:
         raise ValueError("leave-one-out needs at least two measured models")
     targets = [_target_ms(m, statistic) / 1e3 for m in measurements]
     rows = []
     for i, held in enumerate(measurements):
         train = [j for j in range(len(measurements)) if j != i]
-        factors, _ = fit([measurements[j].features for j in train], [targets[j] for j in train],
-                         device)  # fmt: skip
+        factors, _ = fit([measurements[j] for j in train], [targets[j] for j in train], device)
         predicted_ms = predict_features_s(held.features, device, factors) * 1e3
         rows.append(error_row(held.label, targets[i] * 1e3, predicted_ms))
     return rows
@@ -667,17 +829,17 @@ def _target_ms(m: Measurement, statistic: str) -> float:
 
 
 def calibration_from_measurements(
-    measurements: Sequence[Measurement], device: Device, statistic: str = "median"
+    measurements: Sequence[Measurement], device: Device, statistic: str = "min"
 ) -> Calibration:
     """Fit on every measurement, and measure the fit's error by leave-one-out.
 
-    ``statistic`` picks what "measured" means: ``median`` (of the quietest round, the
-    default) or ``min`` (the fastest run, steadier on a machine others are loading).
+    ``statistic`` picks what "measured" means: ``min`` (the fastest run, the default:
+    load from other processes only adds time, so on a shared machine the fastest run is
+    the figure that repeats, and the per-node kernel times are minimums too) or
+    ``median`` (of the quietest round).
     """
     targets = [_target_ms(m, statistic) for m in measurements]
-    factors, names = fit_factors(
-        [m.features for m in measurements], [t / 1e3 for t in targets], device
-    )
+    factors, names = fit_measurements(measurements, [t / 1e3 for t in targets], device)
     rows = leave_one_out(measurements, device, statistic=statistic)
     for row, m in zip(rows, measurements, strict=True):
         row["runs"] = m.runs
@@ -704,7 +866,7 @@ def calibrate_host(
     rounds: int | None = None,
     device: Device | None = None,
     cache_dir: Path | None = None,
-    statistic: str = "median",
+    statistic: str = "min",
 ) -> Calibration:
     """Measure the host, fit the factors on every variant, and report leave-one-out error.
 

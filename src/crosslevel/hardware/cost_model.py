@@ -22,8 +22,21 @@ nothing here and the node is reported with 0 ms.
 Uncalibrated factors per device kind are order-of-magnitude defaults (see
 ``_DEFAULT_EFF``); the host's are fitted to ONNX Runtime measurements by
 ``hardware.calibrate`` and saved as a ``Calibration`` (``"format":
-"crosslevel.calibration/1"``) that carries the error it measured. Every prediction says
-which of the two it is in its label.
+"crosslevel.calibration/2"``; /1 files still load) that carries the error it measured.
+Every prediction says which of the two it is in its label.
+
+Calibrated factors add terms the defaults leave at zero, because one efficiency per
+class cannot tell a 1x1 conv at 39 GMAC/s from one at 20 GMAC/s on the same core:
+
+* ``shape_exponents``: efficiency scales with the node's shape (``shape_terms``: reduction
+  depth, output channels, output size, and how far depth is from width), capped at
+  ``eff_cap`` (a little above the best kernel of the class seen in calibration);
+* ``weight_cost``: weights beyond what the core's cache holds cost time per byte;
+* ``activation_s``: a fused epilogue (``NodeCost.activation``) costs a fixed time plus
+  time per output element (ReLU6 runs as an extra pass in ONNX Runtime, ReLU does not);
+* ``node_scale`` and ``overhead_s``: ``total = node_scale * sum(nodes) + overhead_s``; the
+  overhead (per-run work no operator shows) is in ``total_ms`` and ``overhead_ms`` but
+  in no node's ``per_node_ms``.
 """
 
 from __future__ import annotations
@@ -80,6 +93,8 @@ class NodeCost:
     depth: float = 1.0  # reduction depth: MACs (or work) per output element
     channels: float = 1.0  # output channels (the last dim of a 2-D output)
     spatial: float = 1.0  # output elements per channel
+    weight_bytes: float = 0.0  # constant inputs (weights, biases): streamed in on every run
+    activation: str = ""  # ops fused into this node, e.g. "RELU6" or "BATCH_NORM,RELU"
 
     @property
     def key(self) -> str:
@@ -169,9 +184,37 @@ def _shape(graph: Graph, node: Node, work: float) -> tuple[float, float, float]:
     return max(1.0, work / elements), channels, max(1.0, elements / channels)
 
 
+def _fused_chains(graph: Graph, fused: set[str]) -> dict[str, str]:
+    """Node -> the ops fused into it, in order, comma-joined (its activation epilogue).
+
+    Runtimes run some epilogues inside the kernel (ReLU in MLAS's convolution) and others
+    as an extra pass over the output (ReLU6 as Clip): calibrated factors price each.
+    """
+    producer = graph.producers()
+    chains: dict[str, list[str]] = {}
+    root: dict[str, str] = {}
+    for node in graph.nodes:
+        if node.name not in fused:
+            continue
+        src = producer[node.inputs[0]].name
+        root[node.name] = root.get(src, src)
+        chains.setdefault(root[node.name], []).append(node.op)
+    # A convolution whose only reader is an ADD: runtimes fold the residual sum into its
+    # epilogue (ONNX Runtime's NCHWc Conv "Sum" input), so it is priced as one.
+    consumers = graph.consumers()
+    for node in graph.nodes:
+        if node.op in _MAC_OPS and node.name not in chains and node.outputs:
+            readers = consumers.get(node.outputs[0], [])
+            residual = len(readers) == 1 and readers[0].op == "ADD"
+            if residual and node.outputs[0] not in graph.outputs:
+                chains[node.name] = ["ADD"]
+    return {name: ",".join(ops) for name, ops in chains.items()}
+
+
 def node_costs(graph: Graph) -> list[NodeCost]:
     """Device-independent cost features of every node, in execution order."""
     fused = _fused_nodes(graph)
+    chains = _fused_chains(graph, fused)
     costs = []
     for node in graph.nodes:
         op_class = _op_class(graph, node)
@@ -189,9 +232,16 @@ def node_costs(graph: Graph) -> list[NodeCost]:
                 depth=depth,
                 channels=channels,
                 spatial=spatial,
+                weight_bytes=_weight_bytes(graph, node),
+                activation=chains.get(node.name, ""),
             )
         )
     return costs
+
+
+def _weight_bytes(graph: Graph, node: Node) -> float:
+    return float(sum(graph.tensor(n).nbytes for n in dict.fromkeys(node.inputs)
+                     if n and graph.tensor(n).is_constant))  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- factors
@@ -235,8 +285,9 @@ def _family(device: Device) -> str:
 
 # Reference shape of the shape terms: efficiency[key] is the efficiency of a node with
 # depth 64, 64 output channels and 256 output elements per channel; elsewhere it scales by
-# (depth/64)**a * (channels/64)**b * (spatial/256)**c with the key's ``shape_exponents``.
+# exp(shape_terms . exponents) with the key's ``shape_exponents`` (see ``shape_terms``).
 SHAPE_REF = (64.0, 64.0, 256.0)
+N_SHAPE_TERMS = 4
 EFF_LIMITS = (1e-5, 20.0)  # efficiencies are clipped here (the power law must not run away)
 
 
@@ -256,6 +307,27 @@ class CostFactors:
     shape_exponents: dict[str, list[float]] = field(default_factory=dict)  # key -> [a, b, c]
     node_scale: float = 1.0
     overhead_s: float = 0.0
+    # key -> [seconds per byte, bytes free]: weights beyond what the core's own cache holds
+    # come from a farther one on every run, at a cost added to the node's time.
+    weight_cost: dict[str, list[float]] = field(default_factory=dict)
+    # "key+activation" -> [seconds, seconds per output element] of a fused epilogue.
+    activation_s: dict[str, list[float]] = field(default_factory=dict)
+    # key -> the highest efficiency a shaped node may reach: the best its class achieved
+    # in calibration, so a power law fitted on small layers cannot extrapolate a large
+    # one past what the kernels were ever seen to do.
+    eff_cap: dict[str, float] = field(default_factory=dict)
+
+    def weight_s(self, key: str, weight_bytes: float) -> float:
+        """Seconds of streaming a node's weights in (0 without a weight factor)."""
+        per_byte, free_bytes = self.weight_cost.get(key, (0.0, 0.0))
+        return per_byte * max(0.0, weight_bytes - free_bytes)
+
+    def epilogue_s(self, key: str, activation: str, elements: float) -> float:
+        """Seconds of a node's fused epilogue (0 without one or without a factor)."""
+        if not activation:
+            return 0.0
+        fixed, per_element = self.activation_s.get(f"{key}+{activation}", (0.0, 0.0))
+        return fixed + per_element * elements
 
     def eff(self, key: str) -> float:
         """Efficiency of a ``class/dtype`` key (the dtype's ``other`` when unknown)."""
@@ -265,13 +337,16 @@ class CostFactors:
 
     def shaped_eff(self, key: str, depth: float, channels: float, spatial: float) -> float:
         """Efficiency of a node of ``key`` with this shape (``eff`` without exponents)."""
-        a, b, c = self.shape_exponents.get(key, (0.0, 0.0, 0.0))
-        if not (a or b or c):
+        exps = self.shape_exponents.get(key)
+        if not exps or not any(exps):
             return self.eff(key)
-        r_d, r_c, r_s = SHAPE_REF
-        log_eff = math.log(self.eff(key)) + a * math.log(depth / r_d)
-        log_eff += b * math.log(channels / r_c) + c * math.log(spatial / r_s)
-        return float(np.clip(math.exp(log_eff), *EFF_LIMITS))
+        terms = shape_terms(np.array([[depth, channels, spatial]]))[0]
+        log_eff = math.log(self.eff(key)) + float(terms @ np.asarray(exps))
+        return float(np.clip(math.exp(log_eff), EFF_LIMITS[0], self.cap(key)))
+
+    def cap(self, key: str) -> float:
+        """The highest efficiency a shaped node of ``key`` may reach."""
+        return min(EFF_LIMITS[1], self.eff_cap.get(key, EFF_LIMITS[1]))
 
     def dispatch(self, op_class: str) -> float:
         """Seconds of fixed overhead per operator of ``op_class``."""
@@ -338,11 +413,17 @@ class Calibration:
                 mem_efficiency=float(f["mem_efficiency"]),
                 dispatch_s={str(k): float(v) for k, v in dict(f["dispatch_s"]).items()},
                 shape_exponents={
-                    str(k): _three_floats(v)
-                    for k, v in dict(f.get("shape_exponents", {})).items()
+                    str(k): _exponents(v) for k, v in dict(f.get("shape_exponents", {})).items()
                 },
                 node_scale=float(f.get("node_scale", 1.0)),
                 overhead_s=float(f.get("overhead_s", 0.0)),
+                weight_cost={
+                    str(k): _floats(v, 2) for k, v in dict(f.get("weight_cost", {})).items()
+                },
+                activation_s={
+                    str(k): _floats(v, 2) for k, v in dict(f.get("activation_s", {})).items()
+                },
+                eff_cap={str(k): float(v) for k, v in dict(f.get("eff_cap", {})).items()},
             )
             cal = cls(
                 device=str(doc["device"]),
@@ -357,22 +438,44 @@ class Calibration:
         except (KeyError, TypeError, ValueError) as exc:
             raise UsageError(f"{where}: malformed calibration ({exc!r})") from None
         values = [*factors.efficiency.values(), *factors.dispatch_s.values()]
-        values += [factors.mem_efficiency, factors.node_scale]
+        values += [factors.mem_efficiency, factors.node_scale, *factors.eff_cap.values()]
         if not all(math.isfinite(v) and v > 0 for v in values):
             raise UsageError(f"{where}: calibration factors must be finite and positive")
         exponents = [x for v in factors.shape_exponents.values() for x in v]
         if not all(math.isfinite(x) for x in [*exponents, factors.overhead_s]):
             raise UsageError(f"{where}: calibration shape exponents must be finite")
-        if factors.overhead_s < 0:
-            raise UsageError(f"{where}: calibration overhead must not be negative")
+        extra = [factors.overhead_s, *(x for v in factors.weight_cost.values() for x in v)]
+        extra += [x for v in factors.activation_s.values() for x in v]
+        if not all(math.isfinite(v) and v >= 0 for v in extra):
+            raise UsageError(f"{where}: calibration overhead and weight costs must be >= 0")
         return cal
 
 
-def _three_floats(value: Any) -> list[float]:
-    """A shape-exponent triple from JSON (TypeError/ValueError when it is not one)."""
+def shape_terms(shape: np.ndarray) -> np.ndarray:
+    """(n, 3) depth/channels/spatial -> (n, N_SHAPE_TERMS) regressors of log-efficiency.
+
+    log(depth), log(channels), log(spatial) against ``SHAPE_REF``, and log(depth /
+    channels) squared: a kernel whose reduction is much shorter or longer than its
+    output is wide (a 1x1 expand or project layer) reuses its loads worse than a square one.
+    """
+    logs = np.log(np.asarray(shape, dtype=np.float64).reshape(-1, 3) / np.asarray(SHAPE_REF))
+    ratio = logs[:, 0] - logs[:, 1]
+    return np.column_stack([logs, ratio**2])
+
+
+def _exponents(value: Any) -> list[float]:
+    """Shape exponents from JSON; a /1-era triple gets a zero square term."""
     items = [float(x) for x in list(value)]
-    if len(items) != 3:
-        raise ValueError(f"shape exponents need 3 numbers, got {len(items)}")
+    if len(items) not in (3, N_SHAPE_TERMS):
+        raise ValueError(f"expected {N_SHAPE_TERMS} shape exponents, got {len(items)}")
+    return items + [0.0] * (N_SHAPE_TERMS - len(items))
+
+
+def _floats(value: Any, n: int) -> list[float]:
+    """``n`` numbers from a JSON list (TypeError/ValueError when it is not that)."""
+    items = [float(x) for x in list(value)]
+    if len(items) != n:
+        raise ValueError(f"expected {n} numbers, got {len(items)}")
     return items
 
 
@@ -398,7 +501,8 @@ def node_time_s(cost: NodeCost, device: Device, factors: CostFactors) -> tuple[f
     eff = factors.shaped_eff(cost.key, cost.depth, cost.channels, cost.spatial)
     compute = cost.work / (device.peak_macs_per_s(cost.dtype) * eff)
     memory = cost.bytes / (device.memory_bandwidth_bytes_per_s * factors.mem_efficiency)
-    busy = max(compute, memory)
+    busy = max(compute, memory) + factors.weight_s(cost.key, cost.weight_bytes)
+    busy += factors.epilogue_s(cost.key, cost.activation, cost.channels * cost.spatial)
     dispatch = factors.dispatch(cost.op_class)
     if busy < dispatch:
         bound = "dispatch"
@@ -464,6 +568,8 @@ class GraphFeatures:
     peak: np.ndarray  # the device's peak MAC/s for each node's dtype
     nodes: tuple[str, ...] = ()  # IR node names, aligned with ``keys``
     shape: np.ndarray = field(default_factory=lambda: np.ones((0, 3)))  # depth, ch., spatial
+    weight_bytes: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    activations: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, graph: Graph, device: Device, name: str | None = None) -> GraphFeatures:
@@ -475,23 +581,43 @@ class GraphFeatures:
             bytes=np.array([c.bytes for c in live], dtype=np.float64),
             peak=np.array([device.peak_macs_per_s(c.dtype) for c in live], dtype=np.float64),
             nodes=tuple(c.name for c in live),
-            shape=np.array([[c.depth, c.channels, c.spatial] for c in live],
-                           dtype=np.float64).reshape(-1, 3),
+            shape=np.array(
+                [[c.depth, c.channels, c.spatial] for c in live], dtype=np.float64
+            ).reshape(-1, 3),
+            weight_bytes=np.array([c.weight_bytes for c in live], dtype=np.float64),
+            activations=tuple(c.activation for c in live),
         )
 
 
 def predict_nodes_s(feat: GraphFeatures, device: Device, factors: CostFactors) -> np.ndarray:
     """Seconds of each live node of a graph (``node_scale`` applied, no overhead)."""
     eff = np.array([factors.eff(k) for k in feat.keys], dtype=np.float64)
-    exps = np.array([factors.shape_exponents.get(k, (0.0, 0.0, 0.0)) for k in feat.keys],
-                    dtype=np.float64).reshape(-1, 3)  # fmt: skip
+    zero = [0.0] * N_SHAPE_TERMS
+    exps = np.array([factors.shape_exponents.get(k, zero) for k in feat.keys],
+                    dtype=np.float64).reshape(-1, N_SHAPE_TERMS)  # fmt: skip
     if np.any(exps):
-        log_ratio = np.log(feat.shape / np.asarray(SHAPE_REF))
-        eff = np.clip(eff * np.exp(np.sum(exps * log_ratio, axis=1)), *EFF_LIMITS)
+        caps = np.array([factors.cap(k) if any(e) else EFF_LIMITS[1] for k, e in
+                         zip(feat.keys, exps, strict=True)])  # fmt: skip
+        shaped = eff * np.exp(np.sum(exps * shape_terms(feat.shape), axis=1))
+        eff = np.where(np.any(exps, axis=1), np.clip(shaped, EFF_LIMITS[0], caps), eff)
     compute = feat.work / (feat.peak * eff)
     memory = feat.bytes / (device.memory_bandwidth_bytes_per_s * factors.mem_efficiency)
     dispatch = np.array([factors.dispatch(k.partition("/")[0]) for k in feat.keys])
-    return factors.node_scale * (np.maximum(compute, memory) + dispatch)
+    busy = np.maximum(compute, memory)
+    if factors.weight_cost and len(feat.weight_bytes) == len(feat.keys):
+        busy = busy + np.array(
+            [factors.weight_s(k, w) for k, w in zip(feat.keys, feat.weight_bytes, strict=True)]
+        )
+    return factors.node_scale * (busy + epilogues_s(feat, factors) + dispatch)
+
+
+def epilogues_s(feat: GraphFeatures, factors: CostFactors) -> np.ndarray:
+    """Seconds of each live node's fused epilogue (zeros without epilogue factors)."""
+    if not factors.activation_s or len(feat.activations) != len(feat.keys):
+        return np.zeros(len(feat.keys))
+    elements = feat.shape[:, 1] * feat.shape[:, 2]
+    return np.array([factors.epilogue_s(k, a, e) for k, a, e
+                     in zip(feat.keys, feat.activations, elements, strict=True)])  # fmt: skip
 
 
 def predict_features_s(feat: GraphFeatures, device: Device, factors: CostFactors) -> float:
