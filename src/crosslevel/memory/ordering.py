@@ -148,57 +148,37 @@ class _Problem:
             if not done >> v & 1 and not self.preds[v] & ~done:
                 yield v
 
-    def order_peak(self, done: int, mem: int, order: Sequence[int]) -> int:
+    def run(self, done: int, mem: int, order: Sequence[int]) -> tuple[int, int]:
+        """Run ``order`` after ``done``: (peak live bytes of its steps, live bytes after)."""
         peak = 0
         for v in order:
             cost, mem, _ = self.step(done, mem, v)
             done |= 1 << v
             peak = max(peak, cost)
-        return peak
-
-    def mem_of(self, done: int) -> int:
-        """Live bytes between steps once exactly ``done`` has run (no step-0 extras)."""
-        return sum(
-            size
-            for t, size in enumerate(self.size)
-            if (self.producer[t] < 0 or done >> self.producer[t] & 1)
-            and (self.is_output[t] or self.cons[t] & ~done)
-        )
+        return peak, mem
 
 
-def _ancestors(problem: _Problem) -> list[int]:
-    """Ancestor bitmask per node (nodes are processed in a topological order)."""
+def _reach(problem: _Problem) -> tuple[list[int], list[int]]:
+    """Ancestor and descendant bitmasks per node (file order is topological)."""
     n = len(problem.nodes)
+    preds = [[u for u in range(n) if problem.preds[v] >> u & 1] for v in range(n)]
+    succs: list[list[int]] = [[] for _ in range(n)]
     anc = [0] * n
-    for v in _topo(problem):
-        mask = problem.preds[v]
-        for u in range(n):
-            if mask >> u & 1:
-                anc[v] |= anc[u] | (1 << u)
-    return anc
-
-
-def _topo(problem: _Problem) -> list[int]:
-    order: list[int] = []
-    done = 0
-    members = range(len(problem.nodes))
-    while len(order) < len(problem.nodes):
-        batch = list(problem.ready(done, members))
-        order.extend(batch)
-        for v in batch:
-            done |= 1 << v
-    return order
+    for v in range(n):
+        for u in preds[v]:
+            anc[v] |= anc[u] | (1 << u)
+            succs[u].append(v)
+    desc = [0] * n
+    for u in reversed(range(n)):
+        for v in succs[u]:
+            desc[u] |= desc[v] | (1 << v)
+    return anc, desc
 
 
 def _segments(problem: _Problem) -> list[list[int]]:
     """Split at cut nodes (comparable with every other node); parts in execution order."""
     n = len(problem.nodes)
-    anc = _ancestors(problem)
-    desc = [0] * n
-    for v in range(n):
-        for u in range(n):
-            if anc[v] >> u & 1:
-                desc[u] |= 1 << v
+    anc, desc = _reach(problem)
     full = (1 << n) - 1
     cuts = [v for v in range(n) if (anc[v] | desc[v] | (1 << v)) == full]
     cuts.sort(key=lambda v: anc[v].bit_count())
@@ -215,26 +195,23 @@ def _segments(problem: _Problem) -> list[list[int]]:
 class _Part:
     """Exact min-peak search over one part, with its memo kept across budgets and calls."""
 
-    def __init__(self, problem: _Problem, members: list[int], base: int) -> None:
+    def __init__(self, problem: _Problem, members: list[int], base: int, base_mem: int) -> None:
         self.p = problem
         self.members = members
-        self.base = base
+        self.base, self.base_mem = base, base_mem
         self.full = base
         for v in members:
             self.full |= 1 << v
-        self.base_mem = problem.mem_of(base)
         self.dead: set[int] = set()
-        file_order = sorted(members)  # members are file indices, file order is topological
-        greedy = self.greedy()
-        peaks = [self.peak(file_order), self.peak(greedy)]
-        self.best, self.best_peak = (
-            (greedy, peaks[1]) if peaks[1] < peaks[0] else (file_order, peaks[0])
-        )
-        self.lower = self.footprint_bound()
-        self.finished = self.best_peak <= self.lower or len(members) <= 1
+        self.best = sorted(members)  # members are file indices; file order is topological
+        self.best_peak, self.end_mem = problem.run(base, base_mem, self.best)
+        # One operator has one order: skip the bound's cost on long chains.
+        self.lower = self.footprint_bound() if len(members) > 1 else self.best_peak
+        self.finished = self.best_peak <= self.lower
+        self.tried_greedy = False
 
     def peak(self, order: Sequence[int]) -> int:
-        return self.p.order_peak(self.base, self.base_mem, order)
+        return self.p.run(self.base, self.base_mem, order)[0]
 
     def footprint_bound(self) -> int:
         """Max over members of inputs + outputs + scratch + tensors live across the part."""
@@ -255,10 +232,12 @@ class _Part:
             and (p.is_output[t] or p.cons[t] & ~self.full)
         }
 
-    def greedy(self) -> list[int]:
+    def greedy(self, deadline: float) -> list[int]:
         """Run the ready node leaving the fewest live bytes (then lowest step, file order)."""
         done, mem, order = self.base, self.base_mem, []
         for _ in self.members:
+            if time.perf_counter() > deadline:
+                raise _Timeout
             _, _, v, mem = min(
                 (after, cost, u, after)
                 for u in self.p.ready(done, self.members)
@@ -304,7 +283,7 @@ class _Part:
             if done in self.dead:
                 continue
             ticks += 1
-            if ticks & 63 == 0 and time.perf_counter() > deadline:
+            if ticks & 15 == 0 and time.perf_counter() > deadline:
                 raise _Timeout
             path.append(v)
             states.append(done)
@@ -313,6 +292,12 @@ class _Part:
 
     def solve(self, deadline: float) -> None:
         """Lower the budget below each order found until none exists or time runs out."""
+        if not self.finished and not self.tried_greedy:
+            try:
+                self.improve(self.greedy(deadline))
+            except _Timeout:
+                return
+            self.tried_greedy = True
         while not self.finished:
             try:
                 found = self.search(self.best_peak - 1, deadline)
@@ -322,8 +307,14 @@ class _Part:
                 self.lower = self.best_peak
                 self.finished = True
             else:
-                self.best, self.best_peak = found, self.peak(found)
-                self.finished = self.best_peak <= self.lower
+                self.improve(found)
+
+    def improve(self, order: list[int]) -> None:
+        """Keep ``order`` if it beats the best so far (ties keep the earlier one)."""
+        peak = self.peak(order)
+        if peak < self.best_peak:
+            self.best, self.best_peak = order, peak
+        self.finished = self.best_peak <= self.lower
 
     @property
     def bound(self) -> int:
@@ -363,12 +354,14 @@ def best_order(
     graph.validate(check_shapes=False)  # one clear InvalidModelError on a broken graph
     file_peak = _peak(graph, graph.nodes, alignment)
     problem = _Problem(graph, alignment)
-    parts, base = [], 0
+    parts, base, mem = [], 0, problem.mem0
     for members in _segments(problem) if graph.nodes else []:
-        parts.append(_Part(problem, members, base))
+        parts.append(_Part(problem, members, base, mem))
+        mem = parts[-1].end_mem  # the live bytes after a set do not depend on its order
         for v in members:
             base |= 1 << v
-    _solve_parts(parts, start, time_limit_s)
+    # Keep a little time for the work after the search (lifetimes of the final order).
+    _solve_parts(parts, start, time_limit_s - min(0.05 * time_limit_s, 0.25))
     order = [problem.nodes[v] for part in parts for v in part.best]
     peak = _peak(graph, order, alignment)
     if peak >= file_peak:
