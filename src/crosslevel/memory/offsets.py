@@ -17,6 +17,7 @@ from __future__ import annotations
 import bisect
 import math
 import random
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -31,6 +32,9 @@ from crosslevel.memory.tflm_greedy import ArenaPlan, plan_tflm_greedy
 # Random orderings tried by best-fit: bounded by the placement work (n^2 per ordering).
 _PLACEMENT_BUDGET = 4_000_000
 _MAX_RANDOM_ORDERS = 64
+# Beyond this many overlapping pairs the MILP is too big to help within seconds: the
+# heuristic is returned with its gap to the peak-live bound.
+_MAX_PAIRS = 20_000
 
 
 class PlanOverlapError(CrosslevelError):
@@ -211,7 +215,7 @@ def _fixed_pairs(buffers: Sequence[Buffer], pairs: list[tuple[int, int]]) -> dic
     (a twin-free pair keeps its binary when twins are re-sorted after mirroring).
     """
     key = [(b.size_bytes, b.first, b.last) for b in buffers]
-    twins = {k for k in key if key.count(k) > 1} if len(buffers) < 2000 else set(key)
+    twins = {k for k, count in Counter(key).items() if count > 1}
     fixed: dict[int, int] = {}
     mirror_done = False
     for p, (i, j) in enumerate(pairs):
@@ -276,9 +280,7 @@ def _milp_arrays(
     return c, np.ones(nvar), Bounds(lo, hi), constraints
 
 
-def _solution_offsets(
-    buffers: Sequence[Buffer], x: np.ndarray, unit: int
-) -> dict[str, int] | None:
+def _solution_offsets(buffers: Sequence[Buffer], x: np.ndarray, unit: int) -> dict[str, int] | None:
     offsets = {b.name: int(round(x[i])) * unit for i, b in enumerate(buffers)}
     try:
         check_plan(buffers, offsets)
@@ -305,11 +307,15 @@ def plan_exact(buffers: Sequence[Buffer], time_limit_s: float = 10.0) -> ExactPl
     unit = math.gcd(*(b.size_bytes for b in buffers)) if buffers else 1
     if start.arena_bytes <= lower or unit == 0:
         return ExactPlan(dict(start.offsets), start.arena_bytes, start.arena_bytes, True, 0.0, name)
+    pairs = _overlapping_pairs(buffers)
+    if len(pairs) > _MAX_PAIRS:
+        gap = _gap_pct(start.arena_bytes, lower)
+        return ExactPlan(dict(start.offsets), start.arena_bytes, lower, False, gap, name)
     model = _Model(
         unit=unit,
         upper=start.arena_bytes // unit - 1,
         lower=-(-lower // unit),
-        pairs=_overlapping_pairs(buffers),
+        pairs=pairs,
     )
     c, integrality, bounds, constraints = _milp_arrays(buffers, model)
     res = milp(

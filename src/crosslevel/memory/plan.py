@@ -1,0 +1,365 @@
+"""The Plan JSON of DESIGN.md ("Contracts between levels"), written by the memory level.
+
+A plan is an operator order, one arena offset per tensor and scratch buffer (with its
+lifetime and alignment), in-place pairs and patch stages (none yet), the arena size and the
+bounds it was measured against: the peak live sum for the order (no arena can be smaller)
+and TFLM's greedy arena for the same order (ours is never larger).
+
+``load_plan`` reads an untrusted file: every field is type- and range-checked, the offsets
+are checked for overlaps, and any failure is one ``InvalidPlanError`` naming the field.
+``offline_offsets`` turns a plan into the ``OfflineMemoryAllocation`` vector that
+``export_tflite`` writes, so the stock TFLM runtime runs our plan.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crosslevel.errors import UsageError
+from crosslevel.ir.graph import Graph, Node
+from crosslevel.memory.lifetimes import TFLM_ALIGNMENT, Buffer, buffers_for_order, peak_live_bytes
+from crosslevel.memory.offsets import PlanOverlapError, check_plan, plan_arena
+from crosslevel.memory.tflm_greedy import plan_tflm_greedy
+
+FORMAT = "crosslevel.plan/1"
+MAX_PLAN_FILE_BYTES = 64 * 1024 * 1024
+_MAX_INT = 2**31 - 1  # TFLM addresses its arena with 32-bit offsets
+
+
+class InvalidPlanError(UsageError):
+    """A plan file is malformed, inconsistent or places live tensors on top of each other."""
+
+
+@dataclass(frozen=True)
+class PlannedBuffer:
+    """One arena buffer: a tensor (``node`` empty) or a kernel's scratch (``node`` set)."""
+
+    id: str
+    size_bytes: int
+    offset: int
+    first: int
+    last: int
+    alignment: int
+    node: str = ""
+
+
+@dataclass(frozen=True)
+class PlanBounds:
+    """What the arena was measured against; ``lower_bound_bytes`` >= ``peak_live_bytes``."""
+
+    peak_live_bytes: int
+    tflm_greedy_bytes: int
+    lower_bound_bytes: int
+    optimal: bool
+    gap_pct: float
+
+
+@dataclass(frozen=True)
+class Plan:
+    """An arena plan for one operator order (the ``crosslevel.plan/1`` file)."""
+
+    model: str
+    order: list[str]
+    tensors: list[PlannedBuffer]
+    scratch: list[PlannedBuffer]
+    arena_bytes: int
+    strategy: str
+    bounds: PlanBounds
+    inplace: list[tuple[str, str]] = field(default_factory=list)
+    patch_stages: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def offsets(self) -> dict[str, int]:
+        return {b.id: b.offset for b in [*self.tensors, *self.scratch]}
+
+    def buffers(self) -> list[Buffer]:
+        """The plan's buffers in the memory model's terms (for checks and re-planning)."""
+        return [
+            Buffer(b.id, b.size_bytes, b.first, b.last, bool(b.node))
+            for b in [*self.tensors, *self.scratch]
+        ]
+
+
+# ----------------------------------------------------------------------------------
+# making a plan
+# ----------------------------------------------------------------------------------
+def make_plan(
+    graph: Graph,
+    order: Sequence[Node] | None = None,
+    time_limit_s: float = 10.0,
+    alignment: int = TFLM_ALIGNMENT,
+) -> Plan:
+    """Plan ``graph``'s arena for ``order`` (default: the graph's own) with ``plan_arena``."""
+    nodes = list(order) if order is not None else list(graph.nodes)
+    buffers = buffers_for_order(graph, nodes, alignment)
+    arena = plan_arena(buffers, time_limit_s)
+    bounds = PlanBounds(
+        peak_live_bytes=peak_live_bytes(buffers, len(nodes)),
+        tflm_greedy_bytes=plan_tflm_greedy(buffers).arena_bytes,
+        lower_bound_bytes=arena.lower_bound_bytes,
+        optimal=arena.optimal,
+        gap_pct=arena.gap_pct,
+    )
+    planned = [
+        PlannedBuffer(
+            b.name,
+            b.size_bytes,
+            arena.offsets[b.name],
+            b.first,
+            b.last,
+            alignment,
+            nodes[b.first].name if b.is_scratch else "",
+        )
+        for b in buffers
+    ]
+    return Plan(
+        model=graph.name,
+        order=[n.name for n in nodes],
+        tensors=[b for b in planned if not b.node],
+        scratch=[b for b in planned if b.node],
+        arena_bytes=arena.arena_bytes,
+        strategy=arena.solver,
+        bounds=bounds,
+    )
+
+
+def offline_offsets(graph: Graph, plan: Plan) -> list[int]:
+    """The plan as TFLM's ``OfflineMemoryAllocation`` vector for ``export_tflite(graph)``.
+
+    Indexed by the exporter's tensor order; constants and variables get -1 (not in the
+    head arena). Every arena tensor of the exported file must be planned: a tensor the
+    exporter adds (a PAD output) but the plan lacks would silently be planned online by
+    TFLM and could land on top of ours.
+    """
+    from crosslevel.ir.tflite_io import tflite_tensors
+
+    placed = {b.id: b for b in plan.tensors}
+    vector = []
+    for tensor in tflite_tensors(graph):
+        if not tensor.in_arena:
+            vector.append(-1)
+            continue
+        planned = placed.get(tensor.name)
+        if planned is None:
+            raise InvalidPlanError(f"the plan has no offset for arena tensor {tensor.name!r}")
+        if planned.size_bytes < tensor.nbytes:
+            raise InvalidPlanError(
+                f"the plan gives tensor {tensor.name!r} {planned.size_bytes} bytes, "
+                f"it needs {tensor.nbytes}"
+            )
+        vector.append(planned.offset)
+    return vector
+
+
+# ----------------------------------------------------------------------------------
+# writing
+# ----------------------------------------------------------------------------------
+def plan_to_json(plan: Plan) -> dict[str, Any]:
+    """The plan as the JSON object of the ``crosslevel.plan/1`` format."""
+
+    def buffer(b: PlannedBuffer, scratch: bool) -> dict[str, Any]:
+        d = asdict(b)
+        if not scratch:
+            del d["node"]
+        return d
+
+    return {
+        "format": FORMAT,
+        "model": plan.model,
+        "strategy": plan.strategy,
+        "order": list(plan.order),
+        "arena_bytes": plan.arena_bytes,
+        "bounds": asdict(plan.bounds),
+        "tensors": [buffer(b, False) for b in plan.tensors],
+        "scratch": [buffer(b, True) for b in plan.scratch],
+        "inplace": [list(p) for p in plan.inplace],
+        "patch_stages": list(plan.patch_stages),
+    }
+
+
+def write_plan(plan: Plan, path: str | Path) -> Path:
+    """Write ``plan`` as JSON to ``path`` (a file name; ``-o`` folders hold ``plan.json``)."""
+    out = Path(path)
+    try:
+        out.write_text(json.dumps(plan_to_json(plan), indent=1) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write plan {out}: {exc.strerror or exc}") from None
+    return out
+
+
+# ----------------------------------------------------------------------------------
+# reading (untrusted)
+# ----------------------------------------------------------------------------------
+def _fail(where: str, what: str) -> InvalidPlanError:
+    return InvalidPlanError(f"plan: {where} {what}")
+
+
+def _obj(
+    value: Any, where: str, keys: set[str], optional: set[str] | None = None
+) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _fail(where, f"must be an object, got {type(value).__name__}")
+    missing = keys - set(value)
+    extra = set(value) - keys - (optional or set())
+    if missing:
+        raise _fail(where, f"lacks {', '.join(sorted(missing))}")
+    if extra:
+        raise _fail(where, f"has unknown fields {', '.join(sorted(map(str, extra)))}")
+    return value
+
+
+def _int(value: Any, where: str, low: int = 0, high: int = _MAX_INT) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(where, f"must be an integer, got {type(value).__name__}")
+    if not low <= value <= high:
+        raise _fail(where, f"= {value} is outside {low}..{high}")
+    return value
+
+
+def _str(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise _fail(where, f"must be a string, got {type(value).__name__}")
+    return value
+
+
+def _list(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise _fail(where, f"must be a list, got {type(value).__name__}")
+    return value
+
+
+_BUFFER_KEYS = {"id", "size_bytes", "offset", "first", "last", "alignment"}
+
+
+def _buffer(value: Any, where: str, steps: int, arena: int, scratch: bool) -> PlannedBuffer:
+    keys = _BUFFER_KEYS | ({"node"} if scratch else set())
+    d = _obj(value, where, keys)
+    alignment = _int(d["alignment"], f"{where}.alignment", 1, 4096)
+    size = _int(d["size_bytes"], f"{where}.size_bytes")
+    offset = _int(d["offset"], f"{where}.offset")
+    first = _int(d["first"], f"{where}.first", 0, max(steps - 1, 0))
+    last = _int(d["last"], f"{where}.last", first, max(steps - 1, 0))
+    if size % alignment or offset % alignment:
+        raise _fail(where, f"size {size} or offset {offset} is not a multiple of {alignment}")
+    if offset + size > arena:
+        raise _fail(where, f"ends at {offset + size}, beyond the arena ({arena} bytes)")
+    node = _str(d["node"], f"{where}.node") if scratch else ""
+    return PlannedBuffer(_str(d["id"], f"{where}.id"), size, offset, first, last, alignment, node)
+
+
+def _bounds(value: Any, arena: int) -> PlanBounds:
+    keys = {"peak_live_bytes", "tflm_greedy_bytes", "lower_bound_bytes", "optimal", "gap_pct"}
+    d = _obj(value, "bounds", keys)
+    gap = d["gap_pct"]
+    if isinstance(gap, bool) or not isinstance(gap, int | float) or not 0 <= gap <= 100:
+        raise _fail("bounds.gap_pct", "must be a number in 0..100")
+    if not isinstance(d["optimal"], bool):
+        raise _fail("bounds.optimal", "must be true or false")
+    bounds = PlanBounds(
+        _int(d["peak_live_bytes"], "bounds.peak_live_bytes"),
+        _int(d["tflm_greedy_bytes"], "bounds.tflm_greedy_bytes"),
+        _int(d["lower_bound_bytes"], "bounds.lower_bound_bytes"),
+        d["optimal"],
+        float(gap),
+    )
+    if not bounds.peak_live_bytes <= bounds.lower_bound_bytes <= arena:
+        raise _fail("bounds", f"need peak_live <= lower_bound <= arena_bytes ({arena})")
+    return bounds
+
+
+def _patch_stage(value: Any, where: str) -> dict[str, Any]:
+    d = _obj(value, where, {"layers", "grid", "halos", "extra_macs"})
+    layers = [_str(x, f"{where}.layers[]") for x in _list(d["layers"], f"{where}.layers")]
+    grid = [_int(x, f"{where}.grid[]", 1) for x in _list(d["grid"], f"{where}.grid")]
+    halos = [_int(x, f"{where}.halos[]") for x in _list(d["halos"], f"{where}.halos")]
+    extra = _int(d["extra_macs"], f"{where}.extra_macs", 0, 2**63 - 1)
+    return {"layers": layers, "grid": grid, "halos": halos, "extra_macs": extra}
+
+
+def plan_from_json(data: Any) -> Plan:
+    """Validate a parsed ``crosslevel.plan/1`` object and build the Plan."""
+    keys = {
+        "format",
+        "model",
+        "strategy",
+        "order",
+        "arena_bytes",
+        "bounds",
+        "tensors",
+        "scratch",
+        "inplace",
+        "patch_stages",
+    }
+    d = _obj(data, "the file", keys)
+    if d["format"] != FORMAT:
+        raise _fail("format", f"is {str(d['format'])[:60]!r}, expected {FORMAT!r}")
+    order = [_str(x, "order[]") for x in _list(d["order"], "order")]
+    if len(set(order)) != len(order):
+        raise _fail("order", "names an operator twice")
+    arena = _int(d["arena_bytes"], "arena_bytes")
+    steps = len(order)
+    tensors = [
+        _buffer(x, f"tensors[{k}]", steps, arena, False)
+        for k, x in enumerate(_list(d["tensors"], "tensors"))
+    ]
+    scratch = [
+        _buffer(x, f"scratch[{k}]", steps, arena, True)
+        for k, x in enumerate(_list(d["scratch"], "scratch"))
+    ]
+    ids = [b.id for b in [*tensors, *scratch]]
+    if len(set(ids)) != len(ids):
+        raise _fail("tensors", "name a buffer twice")
+    inplace = []
+    for k, pair in enumerate(_list(d["inplace"], "inplace")):
+        items = _list(pair, f"inplace[{k}]")
+        if len(items) != 2 or any(_str(x, f"inplace[{k}][]") not in ids for x in items):
+            raise _fail(f"inplace[{k}]", "must be two planned tensor ids")
+        inplace.append((items[0], items[1]))
+    patches = [
+        _patch_stage(x, f"patch_stages[{k}]")
+        for k, x in enumerate(_list(d["patch_stages"], "patch_stages"))
+    ]
+    plan = Plan(
+        model=_str(d["model"], "model"),
+        order=order,
+        tensors=tensors,
+        scratch=scratch,
+        arena_bytes=arena,
+        strategy=_str(d["strategy"], "strategy"),
+        bounds=_bounds(d["bounds"], arena),
+        inplace=inplace,
+        patch_stages=patches,
+    )
+    try:
+        check_plan(plan.buffers(), plan.offsets)
+    except PlanOverlapError as exc:
+        raise InvalidPlanError(f"plan: {exc}") from None
+    return plan
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Read and validate a plan file; any defect is one InvalidPlanError."""
+    src = Path(path)
+    try:
+        with src.open("rb") as fh:
+            raw = fh.read(MAX_PLAN_FILE_BYTES + 1)
+    except OSError as exc:
+        raise InvalidPlanError(f"cannot read plan {src}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_PLAN_FILE_BYTES:
+        raise InvalidPlanError(f"plan {src} is larger than {MAX_PLAN_FILE_BYTES} bytes")
+    try:
+        data = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise InvalidPlanError(f"plan {src} is not valid JSON: {str(exc)[:200]}") from None
+    try:
+        return plan_from_json(data)
+    except InvalidPlanError as exc:
+        raise InvalidPlanError(f"{src}: {exc}") from None
