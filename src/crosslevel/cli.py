@@ -18,7 +18,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
-from crosslevel.errors import EXIT_INTERNAL, CrosslevelError
+from crosslevel.errors import EXIT_INTERNAL, CrosslevelError, UsageError
 
 app = typer.Typer(
     help="Cross-level optimization of deep-learning models for AIoT devices.",
@@ -197,6 +197,47 @@ def calibrate(
     console.print(factors_table(cal))
     console.print(loo_summary(cal))
     console.print(f"wrote {out / 'calibration.json'}")
+
+
+@app.command()
+@clean_errors
+def plan(
+    model: Annotated[str, typer.Argument(help="A .tflite/.onnx file, zoo:NAME or mlperf:FILE.")],
+    strategy: Annotated[
+        str, typer.Option(help="tflm | reorder | optimal | best (smallest verified arena).")
+    ] = "best",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("out/plan"),
+    int8: Annotated[bool, typer.Option("--int8", help="Zoo models: plan the int8 PTQ.")] = False,
+    time_limit_s: Annotated[float, typer.Option(help="Search time limit in seconds.")] = 10.0,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Plan the activation arena: operator order and offsets, beside TFLM's own planner.
+
+    Writes OUT/plan.json (crosslevel.plan/1), OUT/arena.svg, OUT/result.json and, for a
+    .tflite model, OUT/model.tflite: our order and offsets inside the stock TFLM runtime
+    (metadata OfflineMemoryAllocation), verified by running it in tflite-micro.
+    """
+    from crosslevel.ir.load import load_model
+    from crosslevel.report.plan_report import plan_report
+
+    if strategy not in ("tflm", "reorder", "optimal", "best"):
+        raise UsageError(f"unknown strategy {strategy!r}; use tflm, reorder, optimal or best")
+    result, table = plan_report(load_model(model, int8=int8), strategy, out, time_limit_s)
+    if as_json:
+        print_json(result)
+        return
+    console.print(table)
+    check = result["tflm_check"]
+    if check is None:
+        console.print("not a .tflite model: no TFLM-ready file (the plan is still written)")
+    elif check["verified"]:
+        console.print(
+            f"[green]verified in tflite-micro:[/green] head arena {check['tflm_head_bytes']:,} B "
+            f"= planned, outputs identical on {check['inputs_tried']} random inputs"
+        )
+    else:
+        console.print(f"[red]TFLM check failed[/red] ({check}); model.tflite not written")
+    console.print(f"wrote {out}/plan.json, arena.svg, result.json")
 
 
 def main() -> None:  # pragma: no cover - console entry point

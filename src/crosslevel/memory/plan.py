@@ -22,7 +22,7 @@ from typing import Any
 from crosslevel.errors import UsageError
 from crosslevel.ir.graph import Graph, Node
 from crosslevel.memory.lifetimes import TFLM_ALIGNMENT, Buffer, buffers_for_order, peak_live_bytes
-from crosslevel.memory.offsets import PlanOverlapError, check_plan, plan_arena
+from crosslevel.memory.offsets import ExactPlan, PlanOverlapError, check_plan, plan_arena
 from crosslevel.memory.tflm_greedy import plan_tflm_greedy
 
 FORMAT = "crosslevel.plan/1"
@@ -92,11 +92,13 @@ def make_plan(
     order: Sequence[Node] | None = None,
     time_limit_s: float = 10.0,
     alignment: int = TFLM_ALIGNMENT,
+    tflm_offsets: bool = False,
 ) -> Plan:
-    """Plan ``graph``'s arena for ``order`` (default: the graph's own) with ``plan_arena``."""
+    """Plan ``graph``'s arena for ``order`` (default: the graph's own) with ``plan_arena``,
+    or with TFLM's own greedy planner when ``tflm_offsets`` (the baseline strategy)."""
     nodes = list(order) if order is not None else list(graph.nodes)
     buffers = buffers_for_order(graph, nodes, alignment)
-    arena = plan_arena(buffers, time_limit_s)
+    arena = _tflm_as_exact(buffers) if tflm_offsets else plan_arena(buffers, time_limit_s)
     bounds = PlanBounds(
         peak_live_bytes=peak_live_bytes(buffers, len(nodes)),
         tflm_greedy_bytes=plan_tflm_greedy(buffers).arena_bytes,
@@ -125,6 +127,13 @@ def make_plan(
         strategy=arena.solver,
         bounds=bounds,
     )
+
+
+def _tflm_as_exact(buffers: list[Buffer]) -> ExactPlan:
+    greedy = plan_tflm_greedy(buffers)
+    bound = peak_live_bytes(buffers, max((b.last for b in buffers), default=0) + 1)
+    gap = 100.0 * (greedy.arena_bytes - bound) / bound if bound else 0.0
+    return ExactPlan(greedy.offsets, greedy.arena_bytes, bound, gap == 0.0, gap, "tflm-greedy")
 
 
 def offline_offsets(graph: Graph, plan: Plan) -> list[int]:
