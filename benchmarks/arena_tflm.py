@@ -39,7 +39,7 @@ def measure(name: str, data: bytes) -> dict[str, object]:
     buffers = buffers_for_order(graph)
     tflm = measure_tflm_arena(data)
     ours = plan_tflm_greedy(buffers).arena_bytes
-    bound = peak_live_bytes(buffers, len(graph.nodes))
+    bound = peak_live_bytes(buffers)
     return {
         "model": name,
         "tflm_head_measured": tflm.head_bytes,

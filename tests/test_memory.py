@@ -48,7 +48,7 @@ def test_lifetimes_follow_the_memory_model() -> None:
     assert (buffers["b"].first, buffers["b"].last) == (1, 3)
     assert (buffers["d"].first, buffers["d"].last) == (3, 3)  # output lives to the end
     assert all(b.size_bytes == 16 for b in buffers.values())  # 10 bytes rounded to 16
-    assert peak_live_bytes(list(buffers.values()), 4) == 48  # step 2: a, b, c
+    assert peak_live_bytes(list(buffers.values())) == 48  # step 2: a, b, c
     assert no_reuse_bytes(list(buffers.values())) == 80
 
 
@@ -93,7 +93,7 @@ def test_greedy_restatement_equals_measured_tflm_head(models_dir: Path, name: st
     graph = import_tflite(data)
     buffers = buffers_for_order(graph)
     assert plan_tflm_greedy(buffers).arena_bytes == measure_tflm_arena(data).head_bytes
-    assert peak_live_bytes(buffers, len(graph.nodes)) == FILE_ORDER_BOUNDS[name]
+    assert peak_live_bytes(buffers) == FILE_ORDER_BOUNDS[name]
 
 
 # Int8 models the project makes itself (minimal PTQ of zoo models), branching ones included;
@@ -119,7 +119,7 @@ def test_greedy_restatement_equals_tflm_on_zoo_int8(name: str) -> None:
     graph = import_tflite(data)
     buffers = buffers_for_order(graph)
     assert plan_tflm_greedy(buffers).arena_bytes == measure_tflm_arena(data).head_bytes
-    assert peak_live_bytes(buffers, len(graph.nodes)) <= measure_tflm_arena(data).head_bytes
+    assert peak_live_bytes(buffers) <= measure_tflm_arena(data).head_bytes
 
 
 def test_greedy_restatement_equals_tflm_on_float_branching_export() -> None:

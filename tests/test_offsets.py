@@ -13,12 +13,11 @@ import numpy as np
 import pytest
 
 from crosslevel.errors import UsageError
-from crosslevel.memory.lifetimes import Buffer, buffers_for_order
+from crosslevel.memory.lifetimes import Buffer, buffers_for_order, peak_live_bytes
 from crosslevel.memory.offsets import (
     PlanOverlapError,
     arena_of,
     check_plan,
-    peak_live,
     plan_arena,
     plan_best_fit,
     plan_exact,
@@ -127,7 +126,7 @@ def test_exact_equals_brute_force_and_is_proven(seed: int) -> None:
         best_fit = plan_best_fit(buffers)
         check_plan(buffers, best_fit.offsets)
         greedy = plan_tflm_greedy(buffers).arena_bytes
-        assert peak_live(buffers) <= exact.arena_bytes <= best_fit.arena_bytes <= greedy
+        assert peak_live_bytes(buffers) <= exact.arena_bytes <= best_fit.arena_bytes <= greedy
         assert exact.arena_bytes == _brute_force(buffers)
         assert exact.optimal and exact.gap_pct == 0.0
         assert exact.lower_bound_bytes == exact.arena_bytes
@@ -152,7 +151,7 @@ def test_time_limit_is_kept_and_the_gap_reported() -> None:
     assert time.monotonic() - start < 8.0  # the heuristics and the model build add a little
     check_plan(buffers, plan.offsets)
     assert plan.arena_bytes <= plan_best_fit(buffers).arena_bytes
-    assert peak_live(buffers) <= plan.lower_bound_bytes <= plan.arena_bytes
+    assert peak_live_bytes(buffers) <= plan.lower_bound_bytes <= plan.arena_bytes
     assert plan.optimal == (plan.gap_pct == 0.0)
     expected_gap = 100.0 * (plan.arena_bytes - plan.lower_bound_bytes) / plan.arena_bytes
     assert plan.gap_pct == pytest.approx(expected_gap)

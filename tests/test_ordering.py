@@ -67,7 +67,7 @@ def _topological_orders(graph: Graph) -> Iterator[list[Node]]:
 
 
 def _peak(graph: Graph, order: list[Node], alignment: int = 16) -> int:
-    return peak_live_bytes(buffers_for_order(graph, order, alignment), len(order))
+    return peak_live_bytes(buffers_for_order(graph, order, alignment))
 
 
 @pytest.mark.parametrize("seed", range(40))

@@ -77,18 +77,21 @@ def buffers_for_order(
     return buffers
 
 
-def live_bytes_per_step(buffers: Sequence[Buffer], steps: int) -> list[int]:
-    """Sum of live buffer bytes at each step."""
-    live = [0] * max(steps, 1)
-    for buf in buffers:
-        for step in range(buf.first, buf.last + 1):
-            live[step] += buf.size_bytes
-    return live
+def peak_live_bytes(buffers: Sequence[Buffer]) -> int:
+    """The lower bound on any arena for this order: the largest live sum at one step.
 
-
-def peak_live_bytes(buffers: Sequence[Buffer], steps: int) -> int:
-    """The lower bound on any arena for this order: the largest live sum at one step."""
-    return max(live_bytes_per_step(buffers, steps), default=0)
+    A sweep over lifetime starts and ends (the max-weight clique of an interval graph),
+    so its cost does not grow with the number of steps.
+    """
+    events: dict[int, int] = {}
+    for b in buffers:
+        events[b.first] = events.get(b.first, 0) + b.size_bytes
+        events[b.last + 1] = events.get(b.last + 1, 0) - b.size_bytes
+    peak = live = 0
+    for step in sorted(events):
+        live += events[step]
+        peak = max(peak, live)
+    return peak
 
 
 def no_reuse_bytes(buffers: Sequence[Buffer]) -> int:

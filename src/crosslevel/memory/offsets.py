@@ -26,7 +26,7 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_matrix
 
 from crosslevel.errors import CrosslevelError
-from crosslevel.memory.lifetimes import Buffer
+from crosslevel.memory.lifetimes import Buffer, peak_live_bytes
 from crosslevel.memory.tflm_greedy import ArenaPlan, plan_tflm_greedy
 
 # Random orderings tried by best-fit: bounded by the placement work (n^2 per ordering).
@@ -180,19 +180,6 @@ def plan_best_fit(buffers: Sequence[Buffer], seed: int = 0) -> ArenaPlan:
 # ----------------------------------------------------------------------------------
 # exact (MILP, HiGHS)
 # ----------------------------------------------------------------------------------
-def peak_live(buffers: Sequence[Buffer]) -> int:
-    """Largest sum of sizes live at one step (the max-weight clique of an interval graph)."""
-    events: dict[int, int] = {}
-    for b in buffers:
-        events[b.first] = events.get(b.first, 0) + b.size_bytes
-        events[b.last + 1] = events.get(b.last + 1, 0) - b.size_bytes
-    peak = live = 0
-    for step in sorted(events):
-        live += events[step]
-        peak = max(peak, live)
-    return peak
-
-
 def _overlapping_pairs(buffers: Sequence[Buffer]) -> list[tuple[int, int]]:
     """Pairs (i < j) of non-empty buffers live at a common step."""
     order = sorted(range(len(buffers)), key=lambda i: buffers[i].first)
@@ -303,7 +290,7 @@ def plan_exact(buffers: Sequence[Buffer], time_limit_s: float = 10.0) -> ExactPl
     greedy = plan_tflm_greedy(buffers)
     start = heuristic if heuristic.arena_bytes <= greedy.arena_bytes else greedy
     name = "best_fit" if start is heuristic else "tflm_greedy"
-    lower = peak_live(buffers)
+    lower = peak_live_bytes(buffers)
     unit = math.gcd(*(b.size_bytes for b in buffers)) if buffers else 1
     if start.arena_bytes <= lower or unit == 0:
         return ExactPlan(dict(start.offsets), start.arena_bytes, start.arena_bytes, True, 0.0, name)

@@ -338,7 +338,7 @@ def _solve_parts(parts: list[_Part], start: float, time_limit_s: float) -> None:
 
 
 def _peak(graph: Graph, order: Sequence[Node], alignment: int) -> int:
-    return peak_live_bytes(buffers_for_order(graph, order, alignment), len(order))
+    return peak_live_bytes(buffers_for_order(graph, order, alignment))
 
 
 def best_order(

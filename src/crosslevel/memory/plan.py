@@ -100,7 +100,7 @@ def make_plan(
     buffers = buffers_for_order(graph, nodes, alignment)
     arena = _tflm_as_exact(buffers) if tflm_offsets else plan_arena(buffers, time_limit_s)
     bounds = PlanBounds(
-        peak_live_bytes=peak_live_bytes(buffers, len(nodes)),
+        peak_live_bytes=peak_live_bytes(buffers),
         tflm_greedy_bytes=plan_tflm_greedy(buffers).arena_bytes,
         lower_bound_bytes=arena.lower_bound_bytes,
         optimal=arena.optimal,
@@ -131,7 +131,7 @@ def make_plan(
 
 def _tflm_as_exact(buffers: list[Buffer]) -> ExactPlan:
     greedy = plan_tflm_greedy(buffers)
-    bound = peak_live_bytes(buffers, max((b.last for b in buffers), default=0) + 1)
+    bound = peak_live_bytes(buffers)
     gap = 100.0 * (greedy.arena_bytes - bound) / bound if bound else 0.0
     return ExactPlan(greedy.offsets, greedy.arena_bytes, bound, gap == 0.0, gap, "tflm-greedy")
 

@@ -114,7 +114,7 @@ def memory_figures(graph: Graph, alignment: int = TFLM_ALIGNMENT) -> MemoryFigur
         alignment=alignment,
         no_reuse_bytes=no_reuse_bytes(buffers),
         tflm_greedy_bytes=plan_tflm_greedy(buffers).arena_bytes,
-        lower_bound_bytes=peak_live_bytes(buffers, len(graph.nodes)),
+        lower_bound_bytes=peak_live_bytes(buffers),
         unknown_scratch_ops=unknown_scratch_ops(graph),
     )
 
