@@ -86,11 +86,31 @@ _PADDING_CODES: dict[str, int] = {name: code for code, name in _PADDINGS.items()
 # Smallest operator version that declares int8 support (TFLite's op_version.cc); an exported
 # int8 operator never gets a lower version, so LiteRT accepts it too (TFLM ignores versions).
 _INT8_MIN_VERSION: dict[str, int] = {
-    "CONV_2D": 3, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 4, "ADD": 2, "SUB": 2, "MUL": 2,
-    "AVERAGE_POOL_2D": 2, "MAX_POOL_2D": 2, "SOFTMAX": 2, "DEQUANTIZE": 2, "MEAN": 2,
-    "PAD": 2, "CONCATENATION": 2, "RELU": 2, "RELU6": 2, "LOGISTIC": 2, "TANH": 2,
-    "TRANSPOSE": 2, "BATCH_MATMUL": 2, "LEAKY_RELU": 2, "QUANTIZE": 1, "RESHAPE": 1,
-    "HARD_SWISH": 1, "RELU_N1_TO_1": 1, "DIV": 1,
+    "CONV_2D": 3,
+    "DEPTHWISE_CONV_2D": 3,
+    "FULLY_CONNECTED": 4,
+    "ADD": 2,
+    "SUB": 2,
+    "MUL": 2,
+    "AVERAGE_POOL_2D": 2,
+    "MAX_POOL_2D": 2,
+    "SOFTMAX": 2,
+    "DEQUANTIZE": 2,
+    "MEAN": 2,
+    "PAD": 2,
+    "CONCATENATION": 2,
+    "RELU": 2,
+    "RELU6": 2,
+    "LOGISTIC": 2,
+    "TANH": 2,
+    "TRANSPOSE": 2,
+    "BATCH_MATMUL": 2,
+    "LEAKY_RELU": 2,
+    "QUANTIZE": 1,
+    "RESHAPE": 1,
+    "HARD_SWISH": 1,
+    "RELU_N1_TO_1": 1,
+    "DIV": 1,
 }
 
 
@@ -657,7 +677,13 @@ _IMPORTERS = {
     **{
         op: _imp_plain
         for op in (
-            "QUANTIZE", "DEQUANTIZE", "RELU", "RELU6", "RELU_N1_TO_1", "LOGISTIC", "TANH",
+            "QUANTIZE",
+            "DEQUANTIZE",
+            "RELU",
+            "RELU6",
+            "RELU_N1_TO_1",
+            "LOGISTIC",
+            "TANH",
             "HARD_SWISH",
         )
     },
@@ -750,8 +776,11 @@ def _signature_defs(imp: _Importer) -> list[dict[str, Any]]:
             ]
 
         sigs.append(
-            {"key": _decode(sig.signatureKey), "inputs": maps(sig.inputs),
-             "outputs": maps(sig.outputs)}
+            {
+                "key": _decode(sig.signatureKey),
+                "inputs": maps(sig.inputs),
+                "outputs": maps(sig.outputs),
+            }
         )
     return sigs
 
@@ -860,7 +889,12 @@ class _Writer:
         for name, t in graph.tensors.items():
             if name in used:
                 self.plan.tensors[name] = _OutTensor(
-                    name, t.shape, t.dtype, t.data, t.quant, t.is_variable,
+                    name,
+                    t.shape,
+                    t.dtype,
+                    t.data,
+                    t.quant,
+                    t.is_variable,
                     dict(self.extras.get(name, {})),
                 )
 
@@ -894,8 +928,11 @@ class _Writer:
 
 def _same_constant(a: _OutTensor, b: _OutTensor) -> bool:
     return (
-        a.data is not None and b.data is not None and a.dtype == b.dtype
-        and a.shape == b.shape and np.array_equal(a.data, b.data)
+        a.data is not None
+        and b.data is not None
+        and a.dtype == b.dtype
+        and a.shape == b.shape
+        and np.array_equal(a.data, b.data)
     )
 
 
@@ -951,7 +988,8 @@ def _resolve_padding(w: _Writer, node: Node, kernel: tuple[int, int]) -> tuple[i
             return _PADDING_CODES[mode], node.inputs[0]
     if node.op not in ("CONV_2D", "DEPTHWISE_CONV_2D") or min(pads) < 0:
         raise UnsupportedOperatorError(
-            node.op, node.name,
+            node.op,
+            node.name,
             f"explicit pads {pads} are neither SAME nor VALID, and TFLite cannot pad a "
             "pooling window with a separate PAD operator",
         )
@@ -1218,8 +1256,10 @@ def _tensor_t(t: _OutTensor, buffer: int) -> Any:
     out.quantization = _quant_t(t)
     out.isVariable = t.is_variable
     sig = t.extras.get("shape_signature")
-    if sig is not None and len(sig) == len(t.shape) and all(
-        s == d for s, d in zip(sig, t.shape, strict=True) if s >= 0
+    if (
+        sig is not None
+        and len(sig) == len(t.shape)
+        and all(s == d for s, d in zip(sig, t.shape, strict=True) if s >= 0)
     ):
         out.shapeSignature = np.asarray(sig, dtype=np.int32)
     out.hasRank = bool(t.extras.get("has_rank", False))

@@ -226,7 +226,10 @@ def _child(args: list[str], stdin: bytes = b"") -> subprocess.CompletedProcess[b
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "crosslevel.runtime.tflm", *args],
-            input=stdin, capture_output=True, timeout=SUBPROCESS_TIMEOUT_S, env=env,
+            input=stdin,
+            capture_output=True,
+            timeout=SUBPROCESS_TIMEOUT_S,
+            env=env,
         )
     except subprocess.TimeoutExpired:
         raise TflmError("run", f"no answer within {SUBPROCESS_TIMEOUT_S:.0f} s") from None
