@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/crosslevel analyze zoo:mobilenet_v2 --int8 --device stm32f746
 	$(BIN)/crosslevel analyze mlperf:vww_96_int8.tflite --device stm32f746
+	$(BIN)/crosslevel plan mlperf:vww_96_int8.tflite -o out/plan
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
@@ -30,6 +31,7 @@ test: lint
 bench: setup
 	$(BIN)/python benchmarks/arena_tflm.py
 	$(BIN)/python benchmarks/cost_model_error.py
+	$(BIN)/python benchmarks/memory_plan.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
