@@ -22,6 +22,7 @@ import numpy as np
 from crosslevel.errors import InvalidModelError, UnsupportedOperatorError
 from crosslevel.ir.graph import Graph, Node, QuantParams, Tensor
 from crosslevel.runtime import int8_kernels as k
+from crosslevel.runtime.reference import bind_inputs
 
 Array = np.ndarray
 Kernel = Callable[[Graph, Node, list[Array | None]], Array]
@@ -44,7 +45,7 @@ def run_int8_all(graph: Graph, inputs: Mapping[str, Array] | Sequence[Array]) ->
 
 
 def _execute(graph: Graph, inputs: Mapping[str, Array] | Sequence[Array]) -> dict[str, Array]:
-    values = _bind_inputs(graph, inputs)
+    values = bind_inputs(graph, inputs, exact_dtype=True)
     for node in graph.nodes:
         args = [_value(graph, values, name, node) if name else None for name in node.inputs]
         out = run_node(graph, node, args)
@@ -72,31 +73,6 @@ def run_node(graph: Graph, node: Node, args: list[Array | None]) -> Array:
         return kernel(graph, node, args)
     except ValueError as exc:  # shapes that do not fit together: a malformed model
         raise InvalidModelError(f"node {node.name!r} ({node.op}): {exc}") from None
-
-
-def _bind_inputs(graph: Graph, inputs: Mapping[str, Array] | Sequence[Array]) -> dict[str, Array]:
-    if isinstance(inputs, Mapping):
-        named = dict(inputs)
-    else:
-        arrays = list(inputs)
-        if len(arrays) != len(graph.inputs):
-            raise InvalidModelError(
-                f"graph {graph.name!r} has {len(graph.inputs)} inputs, got {len(arrays)} arrays"
-            )
-        named = dict(zip(graph.inputs, arrays, strict=True))
-    bound: dict[str, Array] = {}
-    for name in graph.inputs:
-        if name not in named:
-            raise InvalidModelError(f"no value given for graph input {name!r}")
-        tensor = graph.tensor(name)
-        array = np.asarray(named[name])
-        if tuple(array.shape) != tensor.shape or array.dtype != np.dtype(tensor.dtype):
-            raise InvalidModelError(
-                f"input {name!r} is {array.dtype}{tuple(array.shape)}; the graph expects "
-                f"{tensor.dtype}{tensor.shape}"
-            )
-        bound[name] = array
-    return bound
 
 
 def _value(graph: Graph, values: dict[str, Array], name: str, node: Node) -> Array:

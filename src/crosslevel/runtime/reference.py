@@ -109,7 +109,10 @@ def _round_half_away(x: Array) -> Array:
     return np.sign(x) * np.floor(np.abs(x) + 0.5)
 
 
-def _bind_inputs(graph: Graph, inputs: Mapping[str, Array] | Sequence[Array]) -> dict[str, Array]:
+def bind_inputs(
+    graph: Graph, inputs: Mapping[str, Array] | Sequence[Array], exact_dtype: bool = False
+) -> dict[str, Array]:
+    """Graph-input name -> array, checked against the graph (shape; dtype if exact)."""
     if isinstance(inputs, Mapping):
         named = dict(inputs)
     else:
@@ -125,12 +128,22 @@ def _bind_inputs(graph: Graph, inputs: Mapping[str, Array] | Sequence[Array]) ->
             raise InvalidModelError(f"no value given for graph input {name!r}")
         tensor = graph.tensor(name)
         array = np.asarray(named[name])
-        if tuple(array.shape) != tensor.shape:
+        wrong_dtype = exact_dtype and array.dtype != np.dtype(tensor.dtype)
+        if tuple(array.shape) != tensor.shape or wrong_dtype:
             raise InvalidModelError(
-                f"input {name!r} has shape {tuple(array.shape)}, the graph expects {tensor.shape}"
+                f"input {name!r} is {array.dtype} with shape {tuple(array.shape)}; the graph "
+                f"expects {tensor.dtype} with shape {tensor.shape}"
             )
-        bound[name] = array.astype(np.float64) if tensor.dtype.startswith("float") else array
+        bound[name] = array
     return bound
+
+
+def _bind_inputs(graph: Graph, inputs: Mapping[str, Array] | Sequence[Array]) -> dict[str, Array]:
+    """Inputs for float execution: float tensors computed in float64."""
+    return {
+        name: array.astype(np.float64) if graph.tensor(name).dtype.startswith("float") else array
+        for name, array in bind_inputs(graph, inputs).items()
+    }
 
 
 def _value(graph: Graph, values: dict[str, Array], name: str) -> Array:
