@@ -29,7 +29,7 @@ from crosslevel.graph import (
     remove_dead_code,
 )
 from crosslevel.ir.graph import Graph, Node, QuantParams, Tensor
-from crosslevel.ir.onnx_io import export_onnx, import_onnx
+from crosslevel.ir.onnx import export_onnx, import_onnx
 from crosslevel.ir.tflite_io import import_tflite
 from crosslevel.ir.torch_io import export_torch_onnx, import_torch
 from crosslevel.model import zoo

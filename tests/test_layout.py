@@ -215,7 +215,7 @@ def elementwise_zoo(layout: str) -> Graph:
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 def test_reference_matches_onnx_runtime_on_every_op_family(layout: str) -> None:
-    from crosslevel.ir.onnx_io import export_onnx
+    from crosslevel.ir.onnx import export_onnx
     from crosslevel.runtime.ort import run_onnx
 
     graph = elementwise_zoo(layout)
@@ -229,7 +229,7 @@ def test_reference_matches_onnx_runtime_on_every_op_family(layout: str) -> None:
 def test_reference_and_layout_on_the_transformer() -> None:
     """tiny_transformer: LAYER_NORM, BATCH_MATMUL, SOFTMAX, TRANSPOSE and RESHAPE chains."""
     from crosslevel.graph.optimize import optimize_graph
-    from crosslevel.ir.onnx_io import export_onnx
+    from crosslevel.ir.onnx import export_onnx
     from crosslevel.ir.torch_io import import_torch
     from crosslevel.model import zoo
     from crosslevel.runtime.ort import run_onnx
@@ -270,7 +270,7 @@ def test_branchy_cnn_nhwc_matches_nchw() -> None:
 
 def assert_same_in_runtimes(nchw: Graph, nhwc: Graph) -> None:
     """ONNX Runtime on the NCHW graph = ONNX Runtime and TFLM (float32) on the NHWC one."""
-    from crosslevel.ir.onnx_io import export_onnx
+    from crosslevel.ir.onnx import export_onnx
     from crosslevel.ir.tflite_io import export_tflite
     from crosslevel.runtime.ort import run_onnx
     from crosslevel.runtime.tflm import run_tflm
@@ -418,7 +418,7 @@ def _f64(a: np.ndarray | None) -> np.ndarray | None:
 def test_zoo_nhwc_float32_matches_ort_in_tflm_and_onnx(name: str) -> None:
     """NCHW graph in ONNX Runtime = NHWC graph in ONNX Runtime = NHWC .tflite in TFLM."""
     from crosslevel.graph.optimize import optimize_graph
-    from crosslevel.ir.onnx_io import export_onnx
+    from crosslevel.ir.onnx import export_onnx
     from crosslevel.ir.tflite_io import export_tflite
     from crosslevel.ir.torch_io import import_torch
     from crosslevel.model import zoo

@@ -27,7 +27,7 @@ from crosslevel.errors import (
     UsageError,
 )
 from crosslevel.ir.graph import Graph, Node, Tensor
-from crosslevel.ir.onnx_io import export_onnx, import_onnx, load_onnx_model
+from crosslevel.ir.onnx import export_onnx, import_onnx, load_onnx_model
 from crosslevel.ir.tflite_io import import_tflite
 from crosslevel.ir.torch_io import export_torch_onnx
 from crosslevel.runtime.ort import LatencyStats, make_session, run_onnx, time_onnx

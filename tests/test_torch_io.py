@@ -16,7 +16,7 @@ from torch import nn
 
 from crosslevel.errors import InvalidModelError, UnsupportedOperatorError
 from crosslevel.ir import torch_io
-from crosslevel.ir.onnx_io import export_onnx
+from crosslevel.ir.onnx import export_onnx
 from crosslevel.ir.torch_io import (
     cached_torch_onnx,
     export_torch_onnx,

@@ -3,7 +3,7 @@
 Why: TFLite (and TFLite Micro) kernels apply RELU/RELU6/RELU_N1_TO_1/TANH on the fly
 while writing their output (``attrs["activation"]``), so a separate activation node costs
 one more pass over the tensor and one more activation-sized buffer in the arena. ONNX
-Runtime and the exporter keep them as separate nodes again (``ir.onnx_io``).
+Runtime and the exporter keep them as separate nodes again (``ir.onnx``).
 
 Fused only when the producer has no fused activation yet, its output feeds the activation
 alone (no other reader needs the pre-activation value) and both sides are quantized

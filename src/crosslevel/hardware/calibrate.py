@@ -153,7 +153,7 @@ def compile_spec(
     One export serves both: ``import_torch`` is exactly ``import_onnx`` of these bytes,
     and exporting twice would double the calibration's slowest step.
     """
-    from crosslevel.ir.onnx_io import import_onnx
+    from crosslevel.ir.onnx import import_onnx
     from crosslevel.ir.torch_io import cached_torch_onnx
 
     module, shape = spec.build()

@@ -46,7 +46,7 @@ def load_model(spec: str, int8: bool = False) -> LoadedModel:
 
         return LoadedModel(import_tflite(data), spec, "tflite", data)
     if path.suffix.lower() == ".onnx":
-        from crosslevel.ir.onnx_io import import_onnx
+        from crosslevel.ir.onnx import import_onnx
 
         # Pass the path (not the bytes) so external data resolves inside the model's folder.
         return LoadedModel(import_onnx(path), spec, "onnx", data)

@@ -30,7 +30,7 @@ from torch import nn
 
 from crosslevel.errors import CrosslevelError, InvalidModelError, UnsupportedOperatorError
 from crosslevel.ir.graph import Graph
-from crosslevel.ir.onnx_io import import_onnx, load_onnx_model
+from crosslevel.ir.onnx import import_onnx, load_onnx_model
 
 EXPORT_OPSET = 17
 INPUT_NAME = "input"

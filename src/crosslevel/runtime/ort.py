@@ -3,7 +3,7 @@
 Sessions are built with explicit options (1 intra-op thread by default, sequential
 execution, CPU provider only) so that a measurement here means the same thing on every
 run and matches the single-core MCU/edge setting the cost model predicts for. Models
-given as paths go through ``ir.onnx_io.load_onnx_model`` first, so external data is read
+given as paths go through ``ir.onnx.load_onnx_model`` first, so external data is read
 only after its path is checked to stay inside the model's folder.
 """
 
@@ -77,7 +77,7 @@ def _model_bytes(model: OnnxModel) -> bytes:
     if isinstance(model, bytes):
         return model
     if isinstance(model, str | os.PathLike):
-        from crosslevel.ir.onnx_io import load_onnx_model
+        from crosslevel.ir.onnx import load_onnx_model
 
         return load_onnx_model(Path(model)).SerializeToString()
     raise UsageError(f"cannot run a {type(model).__name__} with ONNX Runtime")
