@@ -91,8 +91,12 @@ def test_op_census_matches_the_file(name: str) -> None:
     graph = import_tflite(MODELS / name)
     assert collections.Counter(n.op for n in graph.nodes) == census
     assert [n.op for n in graph.nodes] == [
-        OP_NAMES[max(model.OperatorCodes(sub.Operators(i).OpcodeIndex()).BuiltinCode(),
-                     model.OperatorCodes(sub.Operators(i).OpcodeIndex()).DeprecatedBuiltinCode())]
+        OP_NAMES[
+            max(
+                model.OperatorCodes(sub.Operators(i).OpcodeIndex()).BuiltinCode(),
+                model.OperatorCodes(sub.Operators(i).OpcodeIndex()).DeprecatedBuiltinCode(),
+            )
+        ]
         for i in range(sub.OperatorsLength())
     ]
 
@@ -215,8 +219,10 @@ def test_export_is_a_fixed_point(name: str) -> None:
 
 
 def test_hybrid_float_model_is_a_tflm_limitation_not_ours() -> None:
-    for model in (MODELS / "kws_ref_model_float32.tflite",
-                  export_tflite(import_tflite(MODELS / "kws_ref_model_float32.tflite"))):
+    for model in (
+        MODELS / "kws_ref_model_float32.tflite",
+        export_tflite(import_tflite(MODELS / "kws_ref_model_float32.tflite")),
+    ):
         with pytest.raises(TflmError, match="Hybrid models are not supported") as info:
             TflmInterpreter(model)
         assert info.value.stage == "prepare"
@@ -292,8 +298,14 @@ def test_pool_with_explicit_pads_is_refused_clearly() -> None:
 # ----------------------------------------------------------------------------------
 # every operator of the vocabulary, float32, against NumPy
 # ----------------------------------------------------------------------------------
-def _conv_ref(x: np.ndarray, w: np.ndarray, b: np.ndarray, strides: tuple[int, int],
-              pads: tuple[int, int, int, int], depthwise: bool = False) -> np.ndarray:
+def _conv_ref(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray,
+    strides: tuple[int, int],
+    pads: tuple[int, int, int, int],
+    depthwise: bool = False,
+) -> np.ndarray:
     top, left, bottom, right = pads
     xp = np.pad(x, [(0, 0), (top, bottom), (left, right), (0, 0)])
     kh, kw = w.shape[1], w.shape[2]
@@ -302,7 +314,9 @@ def _conv_ref(x: np.ndarray, w: np.ndarray, b: np.ndarray, strides: tuple[int, i
     out = np.zeros((1, oh, ow, w.shape[3] if depthwise else w.shape[0]), np.float64)
     for i in range(oh):
         for j in range(ow):
-            patch = xp[0, i * strides[0]: i * strides[0] + kh, j * strides[1]: j * strides[1] + kw]
+            patch = xp[
+                0, i * strides[0] : i * strides[0] + kh, j * strides[1] : j * strides[1] + kw
+            ]
             if depthwise:
                 mult = w.shape[3] // x.shape[3]
                 out[0, i, j] = (np.repeat(patch, mult, axis=-1) * w[0]).sum(axis=(0, 1))
@@ -316,7 +330,7 @@ def _pool_ref(x: np.ndarray, k: int, s: int, kind: str) -> np.ndarray:
     out = np.zeros((1, oh, ow, x.shape[3]))
     for i in range(oh):
         for j in range(ow):
-            win = x[0, i * s: i * s + k, j * s: j * s + k]
+            win = x[0, i * s : i * s + k, j * s : j * s + k]
             out[0, i, j] = win.max(axis=(0, 1)) if kind == "max" else win.mean(axis=(0, 1))
     return out
 
@@ -335,8 +349,10 @@ def _case(op: str, rng: np.random.Generator) -> tuple[Graph, list[np.ndarray], n
         return name
 
     unary: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-        "RELU": lambda v: np.maximum(v, 0), "RELU6": lambda v: np.clip(v, 0, 6),
-        "LOGISTIC": lambda v: 1 / (1 + np.exp(-v)), "TANH": np.tanh,
+        "RELU": lambda v: np.maximum(v, 0),
+        "RELU6": lambda v: np.clip(v, 0, 6),
+        "LOGISTIC": lambda v: 1 / (1 + np.exp(-v)),
+        "TANH": np.tanh,
         "HARD_SWISH": lambda v: v * np.clip(v + 3, 0, 6) / 6,
         "LEAKY_RELU": lambda v: np.where(v > 0, v, 0.1 * v),
     }
@@ -407,9 +423,14 @@ def _case(op: str, rng: np.random.Generator) -> tuple[Graph, list[np.ndarray], n
         raise AssertionError(op)
     tensors.append(Tensor("out", ref.shape, "float32"))
     node = Node("n", op, node_inputs, ["out"], attrs)
-    graph = Graph("t", {t.name: t for t in tensors}, [node], [n for n in node_inputs
-                  if not any(t.name == n and t.data is not None for t in tensors)], ["out"],
-                  layout="NHWC")
+    graph = Graph(
+        "t",
+        {t.name: t for t in tensors},
+        [node],
+        [n for n in node_inputs if not any(t.name == n and t.data is not None for t in tensors)],
+        ["out"],
+        layout="NHWC",
+    )
     return graph, inputs, ref
 
 
@@ -421,10 +442,29 @@ def _plain(value: Any) -> Any:
 
 
 FLOAT_CASES = [
-    "RELU", "RELU6", "LOGISTIC", "TANH", "HARD_SWISH", "LEAKY_RELU", "ADD", "SUB", "MUL",
-    "CONCATENATION", "MAX_POOL_2D", "AVERAGE_POOL_2D", "MEAN", "PAD", "TRANSPOSE", "RESHAPE",
-    "SOFTMAX", "BATCH_MATMUL", "FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D",
-    "CONV_2D_PADS", "QUANTIZE",
+    "RELU",
+    "RELU6",
+    "LOGISTIC",
+    "TANH",
+    "HARD_SWISH",
+    "LEAKY_RELU",
+    "ADD",
+    "SUB",
+    "MUL",
+    "CONCATENATION",
+    "MAX_POOL_2D",
+    "AVERAGE_POOL_2D",
+    "MEAN",
+    "PAD",
+    "TRANSPOSE",
+    "RESHAPE",
+    "SOFTMAX",
+    "BATCH_MATMUL",
+    "FULLY_CONNECTED",
+    "CONV_2D",
+    "DEPTHWISE_CONV_2D",
+    "CONV_2D_PADS",
+    "QUANTIZE",
 ]
 
 
@@ -441,7 +481,7 @@ def test_each_operator_exports_runs_in_tflm_and_reimports(op: str) -> None:
     if op == "CONV_2D_PADS":
         expected_ops = ["PAD", "CONV_2D"]
     assert [n.op for n in again.nodes] == expected_ops
-    for before, after in zip(graph.nodes, again.nodes[-len(graph.nodes):], strict=True):
+    for before, after in zip(graph.nodes, again.nodes[-len(graph.nodes) :], strict=True):
         for key, value in before.attrs.items():
             if op == "CONV_2D_PADS" and key == "pads":
                 continue
@@ -557,28 +597,41 @@ def _move_buffer_far(m: Any) -> None:
 HOSTILE: dict[str, tuple[Callable[[Any], None], str]] = {
     "absurd shape": (
         lambda m: setattr(_sub(m).tensors[-1], "shape", np.array([1 << 30, 1 << 30], np.int32)),
-        "absurd shape"),
+        "absurd shape",
+    ),
     "negative dimension": (
         lambda m: setattr(_sub(m).tensors[-1], "shape", np.array([1, -5], np.int32)),
-        "negative dimension"),
+        "negative dimension",
+    ),
     "tensor index out of range": (
         lambda m: setattr(_sub(m).operators[0], "inputs", np.array([0, 999, 1], np.int32)),
-        "outside"),
+        "outside",
+    ),
     "opcode index out of range": (
-        lambda m: setattr(_sub(m).operators[0], "opcodeIndex", 50), "opcode"),
+        lambda m: setattr(_sub(m).operators[0], "opcodeIndex", 50),
+        "opcode",
+    ),
     "buffer index out of range": (
-        lambda m: setattr(_sub(m).tensors[1], "buffer", 10_000), "buffer"),
+        lambda m: setattr(_sub(m).tensors[1], "buffer", 10_000),
+        "buffer",
+    ),
     "buffer too small for shape": (
-        lambda m: setattr(m.buffers[_sub(m).tensors[1].buffer], "data",
-                          np.zeros(3, np.uint8)), "needs"),
+        lambda m: setattr(m.buffers[_sub(m).tensors[1].buffer], "data", np.zeros(3, np.uint8)),
+        "needs",
+    ),
     "buffer span outside the file": (_move_buffer_far, "outside the file"),
     "zero quantization scale": (
         lambda m: setattr(_sub(m).tensors[0].quantization, "scale", np.zeros(1, np.float32)),
-        "finite and positive"),
+        "finite and positive",
+    ),
     "missing operator outputs": (
-        lambda m: setattr(_sub(m).operators[0], "outputs", None), "outputs vector"),
+        lambda m: setattr(_sub(m).operators[0], "outputs", None),
+        "outputs vector",
+    ),
     "unknown tensor type": (
-        lambda m: setattr(_sub(m).tensors[0], "type", schema.TensorType.STRING), "STRING"),
+        lambda m: setattr(_sub(m).tensors[0], "type", schema.TensorType.STRING),
+        "STRING",
+    ),
 }
 
 
@@ -670,3 +723,26 @@ def test_buffers_stored_after_the_flatbuffer_are_read() -> None:
     assert np.array_equal(original.tensors[name].data, graph.tensors[name].data)  # type: ignore[arg-type]
     with pytest.raises(InvalidModelError, match="outside the file"):
         import_tflite(moved[:-1])
+
+
+def test_pad_with_a_third_input_is_refused_not_dropped() -> None:
+    """A pad value (PADV2's third input) on PAD would be lost: refuse the file instead."""
+    from crosslevel.model.int8_zoo import zoo_int8_tflite
+
+    data = zoo_int8_tflite("ds_cnn")
+    pad_code = schema.BuiltinOperator.PAD
+
+    def add_pad_value(model: Any) -> None:
+        codes = model.operatorCodes
+        for op in model.subgraphs[0].operators:
+            if (
+                max(codes[op.opcodeIndex].builtinCode, codes[op.opcodeIndex].deprecatedBuiltinCode)
+                == pad_code
+            ):
+                op.inputs = [*op.inputs, op.inputs[1]]
+                return
+        raise AssertionError("ds_cnn int8 has no PAD")
+
+    import_tflite(data)  # the original imports
+    with pytest.raises(InvalidModelError, match=r"PAD\) has 3 inputs"):
+        import_tflite(_mutated(data, add_pad_value))

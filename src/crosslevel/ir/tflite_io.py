@@ -635,6 +635,10 @@ def _imp_transpose(imp: _Importer, node: Node, op: Any) -> set[str]:
 
 
 def _imp_pad(imp: _Importer, node: Node, op: Any) -> set[str]:
+    # PAD has exactly (input, paddings); a pad value would be PADV2's third input, which
+    # the IR would otherwise drop silently and pad with zeros.
+    if len(op.inputs) > 2:
+        raise InvalidModelError(f"node {node.name!r} (PAD) has {len(op.inputs)} inputs, not 2")
     pads = _take_param(imp, node, op, "paddings")
     if pads is None or pads.ndim != 2 or pads.shape[1] != 2 or np.any(pads < 0):
         raise InvalidModelError(f"node {node.name!r} (PAD) needs non-negative [rank, 2] paddings")
