@@ -35,6 +35,8 @@ def load_model(spec: str, int8: bool = False) -> LoadedModel:
 
         spec = str(models_dir() / spec[len(MLPERF_PREFIX) :])
     path = Path(spec)
+    if path.is_dir():
+        raise UsageError(f"{spec!r} is a folder; name a model file inside it")
     if not path.is_file():
         raise UsageError(f"model file {spec!r} does not exist (or name a zoo model as zoo:NAME)")
     size = path.stat().st_size
