@@ -11,7 +11,6 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from tflite_micro.python.tflite_micro import runtime as tflm_runtime
 
 from crosslevel.errors import InvalidModelError, UnsupportedOperatorError
 from crosslevel.ir.graph import Graph, Node, QuantParams, Tensor, unique_name
@@ -20,7 +19,7 @@ from crosslevel.model.int8_zoo import zoo_int8_tflite
 from crosslevel.model.mlperf_tiny import INT8_FILES, models_dir
 from crosslevel.runtime import int8_kernels as k
 from crosslevel.runtime.int8_executor import run_int8, run_int8_all
-from crosslevel.runtime.tflm import run_tflm
+from crosslevel.runtime.tflm import run_tflm, tflm_every_tensor
 
 ZOO_MODELS = ("digits_cnn", "ds_cnn", "inception_cells")
 SEEDS = range(5)
@@ -58,25 +57,15 @@ def file_order_names(buf: bytes) -> list[str]:
     return names
 
 
-def tflm_every_tensor(buf: bytes, inputs: list[np.ndarray]) -> dict[str, np.ndarray]:
+def tflm_every_tensor_by_name(buf: bytes, inputs: list[np.ndarray]) -> dict[str, np.ndarray]:
     """Every tensor TFLM holds after one invoke (kPreserveAllTensors), by IR name."""
-    interp = tflm_runtime.Interpreter.from_bytes(
-        buf,
-        arena_size=8 << 20,
-        intrepreter_config=tflm_runtime.InterpreterConfig.kPreserveAllTensors,
-    )
-    for index, x in enumerate(inputs):
-        interp.set_input(x, index)
-    interp.invoke()
-    return {
-        name: np.array(interp.GetTensor(index, 0)["tensor_data"])
-        for index, name in enumerate(file_order_names(buf))
-    }
+    arrays = tflm_every_tensor(buf, inputs)
+    return dict(zip(file_order_names(buf), arrays, strict=True))
 
 
 def assert_every_tensor_equal(graph: Graph, buf: bytes, inputs: list[np.ndarray]) -> None:
     ours = run_int8_all(graph, inputs)
-    theirs = tflm_every_tensor(buf, inputs)
+    theirs = tflm_every_tensor_by_name(buf, inputs)
     for node in graph.nodes:
         name = node.outputs[0]
         ref = theirs[name].reshape(ours[name].shape)

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from tflite_micro.python.tflite_micro import runtime as tflm_runtime
 
 from crosslevel.errors import InvalidModelError, UnsupportedOperatorError
 from crosslevel.graph.layout import (
@@ -27,6 +26,7 @@ from crosslevel.ir.graph import Graph, Node, QuantParams, Tensor
 from crosslevel.ir.ops import infer_shapes
 from crosslevel.ir.tflite_io import tflite_tensor_order
 from crosslevel.runtime.reference import run_node, run_reference
+from crosslevel.runtime.tflm import tflm_every_tensor
 
 RTOL = 1e-5
 
@@ -102,18 +102,10 @@ def assert_same_function(nchw: Graph, nhwc: Graph, seed: int = 1) -> None:
 
 def tflm_all_tensors(model: bytes, graph: Graph, inputs: list[np.ndarray]) -> dict[str, np.ndarray]:
     """Every activation TFLM computed, by IR tensor name (TFLM keeps all tensors)."""
-    interp = tflm_runtime.Interpreter.from_bytes(
-        model,
-        arena_size=8 << 20,
-        intrepreter_config=tflm_runtime.InterpreterConfig.kPreserveAllTensors,
-    )
-    for k, x in enumerate(inputs):
-        interp.set_input(x, k)
-    interp.invoke()
-    order = tflite_tensor_order(graph)
+    arrays = tflm_every_tensor(model, inputs)
     return {
-        name: np.array(interp.GetTensor(k, 0)["tensor_data"])
-        for k, name in enumerate(order)
+        name: arrays[k]
+        for k, name in enumerate(tflite_tensor_order(graph))
         if name in graph.tensors and not graph.tensors[name].is_constant
     }
 

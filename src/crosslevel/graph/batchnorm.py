@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from crosslevel.graph.rewrite import (
+    OUTPUT_CHANNEL_AXIS,
     batchnorm_channel_axis,
     drop_unreferenced_tensors,
     fresh_tensor_name,
@@ -24,8 +25,6 @@ from crosslevel.graph.rewrite import (
     sole_consumer,
 )
 from crosslevel.ir.graph import Graph, Node, Tensor
-
-_WEIGHT_AXIS = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 0}
 
 
 def fold_batchnorm(graph: Graph) -> Graph:
@@ -56,7 +55,7 @@ def _constant(graph: Graph, name: str) -> bool:
 
 
 def _can_fold(graph: Graph, layer: Node, bn: Node, consumers: dict[str, list[Node]]) -> bool:
-    if layer.op not in _WEIGHT_AXIS or layer.attrs.get("activation", "NONE") != "NONE":
+    if layer.op not in OUTPUT_CHANNEL_AXIS or layer.attrs.get("activation", "NONE") != "NONE":
         return False
     if sole_consumer(graph, layer.outputs[0], consumers) is not bn:
         return False
@@ -71,7 +70,7 @@ def _can_fold(graph: Graph, layer: Node, bn: Node, consumers: dict[str, list[Nod
     out_shape = graph.tensor(bn.inputs[0]).shape
     rank = len(out_shape)
     axis = batchnorm_channel_axis(graph.layout, rank)
-    channels = graph.tensor(layer.inputs[1]).shape[_WEIGHT_AXIS[layer.op]]
+    channels = graph.tensor(layer.inputs[1]).shape[OUTPUT_CHANNEL_AXIS[layer.op]]
     # BN must normalize the layer's output channels: the last axis of an FC output, the
     # layout's channel axis of a convolution output
     if layer.op == "FULLY_CONNECTED":
@@ -90,7 +89,7 @@ def _fold(graph: Graph, layer: Node, bn: Node) -> None:
     scale = gamma / np.sqrt(var + float(bn.attrs.get("epsilon", 1e-5)))
     w_name = layer.inputs[1]
     weights = np.asarray(graph.tensor(w_name).data, dtype=np.float64)
-    axis = _WEIGHT_AXIS[layer.op]
+    axis = OUTPUT_CHANNEL_AXIS[layer.op]
     shape = [1] * weights.ndim
     shape[axis] = -1
     has_bias = len(layer.inputs) > 2 and bool(layer.inputs[2])

@@ -15,14 +15,13 @@ from __future__ import annotations
 import numpy as np
 
 from crosslevel.graph.rewrite import (
+    OUTPUT_CHANNEL_AXIS,
     drop_unreferenced_tensors,
     fresh_tensor_name,
     is_float_node,
     sole_consumer,
 )
 from crosslevel.ir.graph import Graph, Node, Tensor
-
-_WEIGHT_AXIS = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 0}
 
 
 def fold_bias_add(graph: Graph) -> Graph:
@@ -65,7 +64,7 @@ def _bias_vector(
     consumers: dict[str, list[Node]],
 ) -> np.ndarray | None:
     """The per-channel vector the ADD contributes, or None when it cannot be folded."""
-    if layer is None or layer.op not in _WEIGHT_AXIS:
+    if layer is None or layer.op not in OUTPUT_CHANNEL_AXIS:
         return None
     if layer.attrs.get("activation", "NONE") != "NONE" or len(layer.outputs) != 1:
         return None
@@ -79,7 +78,7 @@ def _bias_vector(
         return None
     if len(layer.inputs) > 2 and layer.inputs[2] and not graph.tensor(layer.inputs[2]).is_constant:
         return None
-    channels = graph.tensor(layer.inputs[1]).shape[_WEIGHT_AXIS[layer.op]]
+    channels = graph.tensor(layer.inputs[1]).shape[OUTPUT_CHANNEL_AXIS[layer.op]]
     axis = _channel_axis(graph, layer, len(out_shape))
     padded = (1,) * (len(out_shape) - len(const.shape)) + const.shape
     if any(d != 1 for i, d in enumerate(padded) if i != axis) or padded[axis] not in (1, channels):

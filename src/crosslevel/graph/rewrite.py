@@ -59,3 +59,8 @@ def is_float_node(graph: Graph, node: Node) -> bool:
 def batchnorm_channel_axis(layout: str, rank: int) -> int:
     """The channel axis BATCH_NORM normalizes over (as ``runtime.reference`` reads it)."""
     return 1 if layout == "NCHW" or rank < 4 else 3
+
+
+# Axis of a weighted layer's weights that indexes its output channels: 0 for CONV_2D
+# (OIHW or OHWI) and FULLY_CONNECTED ([O, K]), 3 for DEPTHWISE_CONV_2D ([1, kh, kw, C*M]).
+OUTPUT_CHANNEL_AXIS = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 0}

@@ -194,6 +194,28 @@ def run_tflm(
     return TflmInterpreter(buf, arena_bytes).run(inputs)
 
 
+def tflm_every_tensor(model: ModelSource, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """Every tensor TFLM holds after one invoke, by the file's tensor index.
+
+    TFLM keeps intermediate tensors only with kPreserveAllTensors (each gets its own
+    bytes), which is how per-node results are compared with our executors.
+    """
+    from tflite_micro.python.tflite_micro import runtime as tflm_runtime
+
+    buf = _model_bytes(model)
+    interp = tflm_runtime.Interpreter.from_bytes(
+        buf,
+        arena_size=8 << 20,
+        intrepreter_config=tflm_runtime.InterpreterConfig.kPreserveAllTensors,
+    )
+    for index, x in enumerate(inputs):
+        interp.set_input(x, index)
+    interp.invoke()
+    model_t, _ = load_tflite_model(buf)
+    count = len(model_t.subgraphs[0].tensors)
+    return [np.array(interp.GetTensor(index, 0)["tensor_data"]) for index in range(count)]
+
+
 def _validates(buf: bytes) -> bool:
     from crosslevel.ir.tflite_io import import_tflite
 
