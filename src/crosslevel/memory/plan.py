@@ -1,9 +1,11 @@
 """The Plan JSON of DESIGN.md ("Contracts between levels"), written by the memory level.
 
 A plan is an operator order, one arena offset per tensor and scratch buffer (with its
-lifetime and alignment), in-place pairs and patch stages (none yet), the arena size and the
-bounds it was measured against: the peak live sum for the order (no arena can be smaller)
-and TFLM's greedy arena for the same order (ours is never larger).
+lifetime and alignment), in-place pairs (``inplace.py``: an output placed a fixed distance
+below the input it overwrites, with the piece buffer its kernel fills first) and patch
+stages, the arena size and the bounds it was measured against: the peak live sum for the
+order and pairs (no arena can be smaller) and TFLM's greedy arena for the same order (ours
+is never larger).
 
 ``load_plan`` reads an untrusted file: every field is type- and range-checked, the offsets
 are checked for overlaps, and any failure is one ``InvalidPlanError`` naming the field.
@@ -21,8 +23,17 @@ from typing import Any
 
 from crosslevel.errors import UsageError
 from crosslevel.ir.graph import Graph, Node
+from crosslevel.memory.inplace import (
+    InplacePair,
+    check_inplace_plan,
+    chunk_buffers,
+    find_pairs,
+    pair_rectangles,
+    place_pairs,
+    spread_chains,
+)
 from crosslevel.memory.lifetimes import TFLM_ALIGNMENT, Buffer, buffers_for_order, peak_live_bytes
-from crosslevel.memory.offsets import ExactPlan, PlanOverlapError, check_plan, plan_arena
+from crosslevel.memory.offsets import ExactPlan, PlanOverlapError, _gap_pct, plan_arena
 from crosslevel.memory.tflm_greedy import plan_tflm_greedy
 
 FORMAT = "crosslevel.plan/1"
@@ -69,7 +80,7 @@ class Plan:
     arena_bytes: int
     strategy: str
     bounds: PlanBounds
-    inplace: list[tuple[str, str]] = field(default_factory=list)
+    inplace: list[InplacePair] = field(default_factory=list)
     patch_stages: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -93,15 +104,23 @@ def make_plan(
     time_limit_s: float = 10.0,
     alignment: int = TFLM_ALIGNMENT,
     tflm_offsets: bool = False,
+    inplace: bool = False,
 ) -> Plan:
     """Plan ``graph``'s arena for ``order`` (default: the graph's own) with ``plan_arena``,
-    or with TFLM's own greedy planner when ``tflm_offsets`` (the baseline strategy)."""
+    or with TFLM's own greedy planner when ``tflm_offsets`` (the baseline strategy), or
+    with in-place pairs where they save bytes when ``inplace`` (kept only if smaller)."""
     nodes = list(order) if order is not None else list(graph.nodes)
     buffers = buffers_for_order(graph, nodes, alignment)
     arena = _tflm_as_exact(buffers) if tflm_offsets else plan_arena(buffers, time_limit_s)
+    tflm_bytes = plan_tflm_greedy(buffers).arena_bytes
+    pairs: list[InplacePair] = []
+    if inplace:
+        with_pairs = _inplace_arena(graph, nodes, buffers, alignment)
+        if with_pairs is not None and with_pairs[0].arena_bytes < arena.arena_bytes:
+            arena, pairs, buffers = with_pairs
     bounds = PlanBounds(
-        peak_live_bytes=peak_live_bytes(buffers),
-        tflm_greedy_bytes=plan_tflm_greedy(buffers).arena_bytes,
+        peak_live_bytes=peak_live_bytes(pair_rectangles(buffers, pairs)[0]),
+        tflm_greedy_bytes=tflm_bytes,
         lower_bound_bytes=arena.lower_bound_bytes,
         optimal=arena.optimal,
         gap_pct=arena.gap_pct,
@@ -126,7 +145,25 @@ def make_plan(
         arena_bytes=arena.arena_bytes,
         strategy=arena.solver,
         bounds=bounds,
+        inplace=pairs,
     )
+
+
+def _inplace_arena(
+    graph: Graph, nodes: list[Node], buffers: list[Buffer], alignment: int
+) -> tuple[ExactPlan, list[InplacePair], list[Buffer]] | None:
+    """The arena with every saving in-place pair, placed group by group and checked."""
+    pairs = find_pairs(graph, nodes, buffers, alignment)
+    if not pairs:
+        return None
+    pairs = spread_chains(pairs, buffers, alignment)
+    buffers = [*buffers, *chunk_buffers(pairs, nodes, alignment)]
+    placed = place_pairs(buffers, pairs)
+    check_inplace_plan(buffers, pairs, placed.offsets)
+    floor = peak_live_bytes(pair_rectangles(buffers, pairs)[0])
+    gap = _gap_pct(placed.arena_bytes, floor)
+    exact = ExactPlan(placed.offsets, placed.arena_bytes, floor, gap == 0.0, gap, "inplace")
+    return exact, pairs, buffers
 
 
 def _tflm_as_exact(buffers: list[Buffer]) -> ExactPlan:
@@ -185,7 +222,7 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
         "bounds": asdict(plan.bounds),
         "tensors": [buffer(b, False) for b in plan.tensors],
         "scratch": [buffer(b, True) for b in plan.scratch],
-        "inplace": [list(p) for p in plan.inplace],
+        "inplace": [asdict(p) for p in plan.inplace],
         "patch_stages": list(plan.patch_stages),
     }
 
@@ -280,6 +317,29 @@ def _bounds(value: Any, arena: int) -> PlanBounds:
     return bounds
 
 
+def _inplace_pair(value: Any, where: str, tensor_ids: set[str], nodes: set[str]) -> InplacePair:
+    keys = {"node", "input", "output", "delta_bytes", "min_delta_bytes", "chunk_bytes"}
+    keys |= {"max_reverse_delta_bytes"}
+    d = _obj(value, where, keys | {"granularity"})
+    pair = InplacePair(
+        _str(d["node"], f"{where}.node"),
+        _str(d["input"], f"{where}.input"),
+        _str(d["output"], f"{where}.output"),
+        _int(d["delta_bytes"], f"{where}.delta_bytes", -_MAX_INT),
+        _int(d["min_delta_bytes"], f"{where}.min_delta_bytes", -_MAX_INT),
+        _int(d["max_reverse_delta_bytes"], f"{where}.max_reverse_delta_bytes", -_MAX_INT),
+        _int(d["chunk_bytes"], f"{where}.chunk_bytes"),
+        _str(d["granularity"], f"{where}.granularity"),
+    )
+    if pair.node not in nodes:
+        raise _fail(f"{where}.node", f"{pair.node!r} is not in the order")
+    if pair.input not in tensor_ids or pair.output not in tensor_ids or pair.input == pair.output:
+        raise _fail(where, "must pair two different planned tensors")
+    if pair.granularity not in ("element", "pixel", "row", "column"):
+        raise _fail(f"{where}.granularity", "must be element, pixel, row or column")
+    return pair
+
+
 def _patch_stage(value: Any, where: str) -> dict[str, Any]:
     d = _obj(value, where, {"layers", "grid", "halos", "extra_macs"})
     layers = [_str(x, f"{where}.layers[]") for x in _list(d["layers"], f"{where}.layers")]
@@ -322,12 +382,11 @@ def plan_from_json(data: Any) -> Plan:
     ids = [b.id for b in [*tensors, *scratch]]
     if len(set(ids)) != len(ids):
         raise _fail("tensors", "name a buffer twice")
-    inplace = []
-    for k, pair in enumerate(_list(d["inplace"], "inplace")):
-        items = _list(pair, f"inplace[{k}]")
-        if len(items) != 2 or any(_str(x, f"inplace[{k}][]") not in ids for x in items):
-            raise _fail(f"inplace[{k}]", "must be two planned tensor ids")
-        inplace.append((items[0], items[1]))
+    tensor_ids = {b.id for b in tensors}
+    inplace = [
+        _inplace_pair(x, f"inplace[{k}]", tensor_ids, set(order))
+        for k, x in enumerate(_list(d["inplace"], "inplace"))
+    ]
     patches = [
         _patch_stage(x, f"patch_stages[{k}]")
         for k, x in enumerate(_list(d["patch_stages"], "patch_stages"))
@@ -344,7 +403,7 @@ def plan_from_json(data: Any) -> Plan:
         patch_stages=patches,
     )
     try:
-        check_plan(plan.buffers(), plan.offsets)
+        check_inplace_plan(plan.buffers(), plan.inplace, plan.offsets)
     except PlanOverlapError as exc:
         raise InvalidPlanError(f"plan: {exc}") from None
     return plan

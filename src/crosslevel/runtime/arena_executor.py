@@ -16,25 +16,34 @@ still carry its own tag; otherwise ``ArenaViolation`` names both tensors and the
 A kernel's scratch buffer is tagged and filled with junk at its step, as a kernel would,
 and a node's output may not cover its own inputs unless the plan lists them in-place.
 
-This first version works at tensor granularity: in-place and patch (tiled) plans, whose
-pieces overlap their inputs by design, need their own finer-grained variants.
+An in-place pair of the plan (``memory/inplace.py``) runs at its real granularity: the
+node's output is computed piece by piece (row, column, pixel or block of elements, forward or
+backward as the plan says), each piece put in the node's piece buffer in the arena and
+then copied to its place in the output, which grows over the input, before the next
+piece reads its input from the arena. A delta that is too small makes a later piece read
+bytes that already carry the output's tag: the violation is reported, never hidden.
+
+Float32 nodes run the reference kernels (``reference.run_node``), int8 ones the int8
+executor's; both take NHWC graphs for the pieces of spatial operators.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from crosslevel.errors import CrosslevelError, InvalidModelError
 from crosslevel.ir.graph import Graph, Node
+from crosslevel.memory.inplace import InplacePair, Pieces, pieces, window_rows
 from crosslevel.memory.plan import Plan, PlannedBuffer
-from crosslevel.runtime.int8_executor import run_node
+from crosslevel.runtime import int8_executor, reference
 from crosslevel.runtime.reference import bind_inputs
 
 Array = np.ndarray
 _SCRATCH_JUNK = 0xA5  # what a kernel leaves in its scratch: never a plausible tensor
+_BLOCK_ELEMENTS = 512  # elementwise pieces: any block size is exact (same positions)
 
 
 class ArenaViolation(CrosslevelError):
@@ -74,12 +83,13 @@ class _Arena:
             )
         return buf.offset, self.index[name] + 1
 
-    def write(self, name: str, value: Array, where: str) -> None:
+    def write(self, name: str, value: Array, where: str, start: int = 0) -> None:
+        """Write ``value``'s bytes into ``name`` from its byte ``start`` on."""
         raw = np.ascontiguousarray(value).view(np.uint8).reshape(-1)
-        offset, tag = self.span(name, raw.size, where)
+        offset, tag = self.span(name, start + raw.size, where)
         # np.copyto handles a value that is itself a view of overlapping arena bytes.
-        np.copyto(np.frombuffer(self.data, np.uint8, raw.size, offset), raw)
-        self.tags[offset : offset + raw.size] = tag
+        np.copyto(np.frombuffer(self.data, np.uint8, raw.size, offset + start), raw)
+        self.tags[offset + start : offset + start + raw.size] = tag
 
     def check_not_onto_inputs(
         self, node: Node, nbytes: int, inplace: set[tuple[str, str]], where: str
@@ -102,11 +112,15 @@ class _Arena:
         self.data[offset : offset + buf.size_bytes] = bytes([_SCRATCH_JUNK]) * buf.size_bytes
         self.tags[offset : offset + buf.size_bytes] = tag
 
-    def read(self, name: str, dtype: np.dtype, shape: tuple[int, ...], where: str) -> Array:
-        """A read-only view of ``name`` at its offset, after checking every byte's tag."""
+    def read(
+        self, name: str, dtype: np.dtype, shape: tuple[int, ...], where: str, start: int = 0
+    ) -> Array:
+        """A read-only view of ``shape`` from byte ``start`` of ``name``, after checking
+        that every byte read still carries ``name``'s tag."""
         count = int(np.prod(shape, dtype=np.int64))
         nbytes = count * dtype.itemsize
-        offset, tag = self.span(name, nbytes, where)
+        offset, tag = self.span(name, start + nbytes, where)
+        offset += start
         owners = self.tags[offset : offset + nbytes]
         wrong = np.flatnonzero(owners != tag)
         if wrong.size:
@@ -131,18 +145,24 @@ def run_in_arena(
     """
     nodes = _nodes_in_plan_order(graph, plan)
     arena = _Arena.for_plan(plan)
-    scratch = {b.node: b for b in plan.scratch}
-    inplace = {(a, b) for a, b in plan.inplace}
+    scratch: dict[str, list[PlannedBuffer]] = {}
+    for buf in plan.scratch:
+        scratch.setdefault(buf.node, []).append(buf)
+    pairs = {p.node: p for p in plan.inplace}
+    allowed = {(p.input, p.output) for p in plan.inplace}
     for name, value in bind_inputs(graph, inputs, exact_dtype=True).items():
         arena.write(name, value, "before step 0 (graph input)")
     for step, node in enumerate(nodes):
         where = f"step {step} (node {node.name!r}, {node.op})"
-        if node.name in scratch:  # before the reads: scratch must not land on an input
-            arena.claim_scratch(scratch[node.name], where)
+        for buf in scratch.get(node.name, []):  # before the reads: not on an input
+            arena.claim_scratch(buf, where)
+        if node.name in pairs:
+            _run_in_pieces(graph, arena, node, pairs[node.name], where)
+            continue
         args = [_operand(graph, arena, name, where) if name else None for name in node.inputs]
-        out = run_node(graph, node, args)
+        out = _kernel(graph, node)(graph, node, args)
         _check_output(graph, node, out)
-        arena.check_not_onto_inputs(node, out.nbytes, inplace, where)
+        arena.check_not_onto_inputs(node, out.nbytes, allowed, where)
         arena.write(node.outputs[0], out, where)
     end = f"after step {len(nodes) - 1} (graph output)"
     return [_read_tensor(graph, arena, name, end).copy() for name in graph.outputs]
@@ -181,3 +201,115 @@ def _check_output(graph: Graph, node: Node, out: Array) -> None:
             f"node {node.name!r} ({node.op}) computed {out.dtype}{tuple(out.shape)}, "
             f"declared {expected.dtype}{expected.shape}"
         )
+
+
+Kernel = Callable[[Graph, Node, list[Array | None]], Array]
+
+
+def _kernel(graph: Graph, node: Node, piece: bool = False) -> Kernel:
+    """Reference float kernels for float32 nodes, TFLite's integer kernels otherwise
+    (``piece``: a part of the output, exempt from the declared shape)."""
+    names = [n for n in (*node.inputs, *node.outputs) if n]
+    if all(graph.tensor(n).dtype == "float32" for n in names if graph.tensor(n).data is None):
+        return reference.compute_node if piece else reference.run_node
+    return int8_executor.run_node
+
+
+# ----------------------------------------------------------------------------------
+# in-place pairs, piece by piece
+# ----------------------------------------------------------------------------------
+def _run_in_pieces(graph: Graph, arena: _Arena, node: Node, pair: InplacePair, where: str) -> None:
+    if pair.output != node.outputs[0] or pair.input not in node.inputs:
+        raise ArenaViolation(f"{where}: the plan pairs {pair.input!r} -> {pair.output!r}, "
+                             "which are not this node's input and output")  # fmt: skip
+    walk = pieces(graph, node, node.inputs.index(pair.input))
+    if walk is None or walk.granularity != pair.granularity:
+        raise ArenaViolation(f"{where}: node cannot run in place by {pair.granularity}")
+    order = range(walk.count - 1, -1, -1) if pair.reverse else range(walk.count)
+    if walk.granularity == "element":
+        _elementwise_pieces(graph, arena, node, walk, pair.reverse, where)
+    elif walk.granularity == "pixel":
+        for p in order:
+            _pixel(graph, arena, node, p, where)
+    else:
+        axis = 1 if walk.granularity == "row" else 2
+        for r in order:
+            _window(graph, arena, node, r, axis, where)
+
+
+def _elementwise_pieces(
+    graph: Graph, arena: _Arena, node: Node, walk: Pieces, reverse: bool, where: str
+) -> None:
+    """Blocks of elements: each block reads its inputs and writes the same positions, so
+    the block size does not change which bytes are read before they are overwritten."""
+    out = graph.tensor(node.outputs[0])
+    item = np.dtype(out.dtype).itemsize
+    starts = list(range(0, walk.count, _BLOCK_ELEMENTS))
+    for start in reversed(starts) if reverse else starts:
+        n = min(_BLOCK_ELEMENTS, walk.count - start)
+        args: list[Array | None] = []
+        for name in node.inputs:
+            tensor = graph.tensor(name) if name else None
+            if tensor is None or tensor.data is not None or node.op == "RESHAPE":
+                args.append(None if tensor is None else np.asarray(tensor.data))
+                continue
+            dtype = np.dtype(tensor.dtype)
+            args.append(arena.read(name, dtype, (1, n), where, start * dtype.itemsize))
+        if node.op == "RESHAPE":  # a copy of the same bytes
+            dtype = np.dtype(graph.tensor(node.inputs[0]).dtype)
+            piece = arena.read(node.inputs[0], dtype, (1, n), where, start * item).copy()
+        else:
+            piece = _kernel(graph, node, piece=True)(graph, node, args)
+        arena.write(node.outputs[0], piece.astype(out.dtype, copy=False), where, start * item)
+
+
+def _pixel(graph: Graph, arena: _Arena, node: Node, p: int, where: str) -> None:
+    """Output pixel ``p`` of a pointwise operator from input pixel ``p``."""
+    x = graph.tensor(node.inputs[0])
+    channels = x.shape[3]
+    dtype = np.dtype(x.dtype)
+    pixel = arena.read(
+        node.inputs[0], dtype, (1, 1, 1, channels), where, p * channels * dtype.itemsize
+    )
+    args = [pixel, *(_constant(graph, n) for n in node.inputs[1:])]
+    _put_piece(graph, arena, node, _kernel(graph, node, True)(graph, node, args), p, where)
+
+
+def _window(graph: Graph, arena: _Arena, node: Node, k: int, axis: int, where: str) -> None:
+    """Output row (axis 1) or column (axis 2, for 1-D signals with H = 1) ``k`` of a
+    spatial operator from the input rows it needs, with the operator's padding kept only
+    where those rows reach past the image."""
+    x = graph.tensor(node.inputs[0])
+    _, h, w, c = x.shape
+    first_of, reach = window_rows(graph, node, axis)
+    first = first_of(k)
+    last = first + reach
+    length, piece = (h, w * c) if axis == 1 else (w, c)
+    lo, hi = max(first, 0), min(last, length)
+    dtype = np.dtype(x.dtype)
+    shape = (1, hi - lo, w, c) if axis == 1 else (1, 1, hi - lo, c)
+    rows = arena.read(node.inputs[0], dtype, shape, where, lo * piece * dtype.itemsize)
+    pads = list(node.attrs.get("pads", (0, 0, 0, 0)))
+    pads[axis - 1], pads[axis + 1] = lo - first, last - hi
+    window = replace(node, attrs={**node.attrs, "pads": tuple(pads)})
+    args = [rows, *(_constant(graph, n) for n in node.inputs[1:])]
+    _put_piece(graph, arena, node, _kernel(graph, window, True)(graph, window, args), k, where)
+
+
+def _constant(graph: Graph, name: str) -> Array | None:
+    if not name:
+        return None
+    tensor = graph.tensor(name)
+    if tensor.data is None:
+        raise ArenaViolation(f"in-place node reads a second activation {name!r}")
+    return np.asarray(tensor.data)
+
+
+def _put_piece(graph: Graph, arena: _Arena, node: Node, piece: Array, k: int, where: str) -> None:
+    """Piece ``k`` goes through the node's piece buffer in the arena, then to its place."""
+    out = graph.tensor(node.outputs[0])
+    raw = np.ascontiguousarray(piece.astype(out.dtype, copy=False))
+    chunk = f"chunk:{node.name}"
+    arena.write(chunk, raw, where)
+    staged = arena.read(chunk, raw.dtype, raw.shape, where)
+    arena.write(node.outputs[0], staged, where, k * raw.nbytes)
