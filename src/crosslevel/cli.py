@@ -204,24 +204,30 @@ def calibrate(
 def plan(
     model: Annotated[str, typer.Argument(help="A .tflite/.onnx file, zoo:NAME or mlperf:FILE.")],
     strategy: Annotated[
-        str, typer.Option(help="tflm | reorder | optimal | best (smallest verified arena).")
+        str,
+        typer.Option(
+            help="tflm | reorder | optimal | inplace | best (smallest arena proven by execution)."
+        ),
     ] = "best",
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("out/plan"),
     int8: Annotated[bool, typer.Option("--int8", help="Zoo models: plan the int8 PTQ.")] = False,
     time_limit_s: Annotated[float, typer.Option(help="Search time limit in seconds.")] = 10.0,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Plan the activation arena: operator order and offsets, beside TFLM's own planner.
+    """Plan the activation arena: operator order, offsets and in-place execution, beside
+    TFLM's own planner, every chosen plan proven by running the model inside it.
 
     Writes OUT/plan.json (crosslevel.plan/1), OUT/arena.svg, OUT/result.json and, for a
-    .tflite model, OUT/model.tflite: our order and offsets inside the stock TFLM runtime
-    (metadata OfflineMemoryAllocation), verified by running it in tflite-micro.
+    .tflite model, OUT/model.tflite: the smallest plan within TFLM's rules (no in-place)
+    inside the stock TFLM runtime (metadata OfflineMemoryAllocation), verified by running
+    it in tflite-micro.
     """
     from crosslevel.ir.load import load_model
+    from crosslevel.memory.strategies import STRATEGIES
     from crosslevel.report.plan_report import plan_report
 
-    if strategy not in ("tflm", "reorder", "optimal", "best"):
-        raise UsageError(f"unknown strategy {strategy!r}; use tflm, reorder, optimal or best")
+    if strategy not in STRATEGIES:
+        raise UsageError(f"unknown strategy {strategy!r}; use {', '.join(STRATEGIES)}")
     result, table = plan_report(load_model(model, int8=int8), strategy, out, time_limit_s)
     if as_json:
         print_json(result)
@@ -232,12 +238,15 @@ def plan(
         console.print("not a .tflite model: no TFLM-ready file (the plan is still written)")
     elif check["verified"]:
         console.print(
-            f"[green]verified in tflite-micro:[/green] head arena {check['tflm_head_bytes']:,} B "
-            f"= planned, outputs identical on {check['inputs_tried']} random inputs"
+            f"[green]model.tflite verified in tflite-micro:[/green] head arena "
+            f"{check['tflm_head_bytes']:,} B = planned (TFLM's rules), outputs identical on "
+            f"{check['inputs_tried']} random inputs"
         )
     else:
         console.print(f"[red]TFLM check failed[/red] ({check}); model.tflite not written")
     console.print(f"wrote {out}/plan.json, arena.svg, result.json")
+
+
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -3,8 +3,12 @@
 * ``tflm``: the file's order with TFLM's greedy offsets (what TFLM does today);
 * ``reorder``: our minimum-peak operator order with TFLM's greedy offsets;
 * ``optimal``: our order with the best offsets (best-fit or the exact HiGHS model);
-* ``best``: the smallest arena of the above (the default: every candidate is checked
-  for overlaps, and for .tflite models run in TFLM by the caller).
+* ``inplace``: our order, outputs overwriting the inputs they consume (``inplace.py``),
+  run by our arena executor (and generated code), not by the stock TFLM runtime;
+* ``best``: the smallest arena within TFLM's rules (``TFLM_RULES``: what the stock TFLM
+  runtime can run from a .tflite file, and what whole-tensor kernels can run).
+
+`crosslevel plan` proves every plan by execution and defaults to the smallest proven.
 """
 
 from __future__ import annotations
@@ -13,11 +17,12 @@ from crosslevel.ir.graph import Graph
 from crosslevel.memory.ordering import best_order
 from crosslevel.memory.plan import Plan, make_plan
 
-STRATEGIES = ("tflm", "reorder", "optimal", "best")
+STRATEGIES = ("tflm", "reorder", "optimal", "inplace", "best")
+TFLM_RULES = ("tflm", "reorder", "optimal")
 
 
 def plan_strategies(graph: Graph, time_limit_s: float = 10.0) -> dict[str, Plan]:
-    """Every strategy's plan; ``best`` is one of the others (smallest arena)."""
+    """Every strategy's plan; ``best`` is the smallest of ``TFLM_RULES``."""
     by_name = {n.name: n for n in graph.nodes}
     ordering = best_order(graph, time_limit_s=time_limit_s / 2)
     order = [by_name[name] for name in ordering.order]
@@ -27,4 +32,5 @@ def plan_strategies(graph: Graph, time_limit_s: float = 10.0) -> dict[str, Plan]
         "optimal": make_plan(graph, order, time_limit_s=time_limit_s / 2),
     }
     plans["best"] = min(plans.values(), key=lambda p: p.arena_bytes)
+    plans["inplace"] = make_plan(graph, order, time_limit_s=time_limit_s / 2, inplace=True)
     return plans

@@ -1,4 +1,9 @@
-"""`crosslevel plan`: every memory strategy beside TFLM, the chosen plan written and proven."""
+"""`crosslevel plan`: every memory strategy beside TFLM, the chosen plan written and proven.
+
+Every plan counts only once it ran: the chosen one inside our arena executor (outputs
+equal to the plain executor's), and, for a .tflite model, the smallest plan within TFLM's
+rules inside the stock tflite-micro runtime (``OUT/model.tflite``).
+"""
 
 from __future__ import annotations
 
@@ -8,29 +13,61 @@ from typing import Any
 
 from rich.table import Table
 
+from crosslevel.errors import CrosslevelError
+from crosslevel.ir.graph import Graph
 from crosslevel.ir.load import LoadedModel
 from crosslevel.memory.plan import Plan, write_plan
 from crosslevel.memory.strategies import plan_strategies
+from crosslevel.memory.verify import ArenaCheck, verify_in_arena
 from crosslevel.report.arena_svg import arena_svg
 
 RESULT_FORMAT = "crosslevel.plan-result/1"
 
 
-def strategy_table(plans: dict[str, Plan], chosen: str) -> Table:
+def strategy_table(plans: dict[str, Plan], chosen: str, checks: dict[str, ArenaCheck]) -> Table:
     tflm = plans["tflm"].arena_bytes
     table = Table(title="activation arena per strategy (bytes, 16-B aligned)")
-    for col in ("strategy", "arena", "bound for its order", "optimal", "TFLM / ours"):
+    cols = ("strategy", "arena", "floor for its order", "optimal", "TFLM / ours", "ran in arena")
+    for col in cols:
         table.add_column(col, justify="left" if col == "strategy" else "right")
     for name, plan in plans.items():
+        if name == "best":  # the smallest within TFLM's rules: a row of its own already
+            continue
         mark = " (chosen)" if name == chosen else ""
+        check = checks.get(name)
+        ran = "-" if check is None else ("outputs equal" if check.verified else "FAILED")
         table.add_row(
             name + mark,
             f"{plan.arena_bytes:,}",
             f"{plan.bounds.peak_live_bytes:,}",
             "yes" if plan.bounds.optimal else f"gap {plan.bounds.gap_pct:.1f}%",
             f"{tflm / plan.arena_bytes:.2f}x" if plan.arena_bytes else "-",
+            ran,
         )
     return table
+
+
+def choose(
+    graph: Graph, plans: dict[str, Plan], strategy: str
+) -> tuple[str, dict[str, ArenaCheck]]:
+    """The strategy to write and the arena checks run: ``best`` is the smallest plan that
+    ran with equal outputs; a named strategy is checked and must pass too."""
+    checks: dict[str, ArenaCheck] = {}
+    names = (
+        [strategy]
+        if strategy != "best"
+        else sorted((n for n in plans if n != "best"), key=lambda n: (plans[n].arena_bytes, n))
+    )
+    for name in names:
+        checks[name] = verify_in_arena(graph, plans[name])
+        if checks[name].verified:
+            return name, checks
+    if strategy == "best":
+        raise CrosslevelError(f"no plan ran correctly in the arena: {checks}")
+    raise CrosslevelError(
+        f"the {strategy} plan did not run correctly in the arena "
+        f"({checks[strategy].error or 'outputs differ'})"
+    )
 
 
 def plan_report(
@@ -38,25 +75,28 @@ def plan_report(
 ) -> tuple[dict[str, Any], Table]:
     """Plan, write OUT/plan.json, OUT/arena.svg, OUT/result.json (and OUT/model.tflite)."""
     plans = plan_strategies(model.graph, time_limit_s)
-    chosen = plans[strategy]
+    name, checks = choose(model.graph, plans, strategy)
+    chosen = plans[name]
     out.mkdir(parents=True, exist_ok=True)
     write_plan(chosen, out / "plan.json")
-    (out / "arena.svg").write_text(arena_svg(chosen, f"{model.source}: {strategy}"))
+    (out / "arena.svg").write_text(arena_svg(chosen, f"{model.source}: {name}"))
     result: dict[str, Any] = {
         "format": RESULT_FORMAT,
         "model": model.source,
-        "strategy": strategy,
-        "arena_bytes": {name: p.arena_bytes for name, p in plans.items()},
-        "bounds": {name: p.bounds.__dict__ for name, p in plans.items()},
+        "strategy": name,
+        "arena_bytes": {n: p.arena_bytes for n, p in plans.items()},
+        "bounds": {n: p.bounds.__dict__ for n, p in plans.items()},
+        "arena_check": {n: {**c.__dict__, "verified": c.verified} for n, c in checks.items()},
         "tflm_check": None,
     }
     if model.kind == "tflite" and model.file_bytes is not None:
         from crosslevel.memory.verify import tflm_ready_file, verify_in_tflm
 
-        ready = tflm_ready_file(model.graph, chosen)
-        check = verify_in_tflm(model.file_bytes, ready, model.graph, chosen)
+        ready_plan = plans["best"]  # the smallest plan within TFLM's rules
+        ready = tflm_ready_file(model.graph, ready_plan)
+        check = verify_in_tflm(model.file_bytes, ready, model.graph, ready_plan)
         result["tflm_check"] = {**check.__dict__, "verified": check.verified}
         if check.verified:
             (out / "model.tflite").write_bytes(ready)
     (out / "result.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    return result, strategy_table(plans, strategy)
+    return result, strategy_table(plans, name, checks)
