@@ -206,7 +206,8 @@ def plan(
     strategy: Annotated[
         str,
         typer.Option(
-            help="tflm | reorder | optimal | inplace | best (smallest arena proven by execution)."
+            help="tflm | reorder | optimal | inplace | patch | best (smallest arena proven "
+            "by execution)."
         ),
     ] = "best",
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("out/plan"),

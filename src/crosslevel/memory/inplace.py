@@ -58,7 +58,7 @@ class InplacePair:
     min_delta_bytes: int
     max_reverse_delta_bytes: int
     chunk_bytes: int
-    granularity: str  # "element" | "pixel" | "row" | "column"
+    granularity: str  # "element" | "pixel" | "row" | "column" | "stage"
 
     @property
     def reverse(self) -> bool:
@@ -270,20 +270,22 @@ def chunk_buffers(
 def pair_rectangles(
     buffers: Sequence[Buffer], pairs: Sequence[InplacePair], offsets: dict[str, int] | None = None
 ) -> tuple[list[Buffer], dict[str, int]]:
-    """The buffers with each pair's step cut out of both tensors and replaced by one
-    buffer covering the pair's span, and the offsets of all of them (when given).
+    """The buffers with the steps each pair shares cut out of both tensors and replaced by
+    one buffer covering the pair's span, and the offsets of all of them (when given).
 
+    A pair shares the steps from the output's first to the input's last: one step for an
+    operator, every step of a depth-first stage whose output overwrites its source.
     These rectangles must be pairwise disjoint in a valid in-place plan, and their peak
     live sum is the floor of any arena with these pairs.
     """
     by_name = {b.name: b for b in buffers}
-    start_late = {p.output for p in pairs}
-    end_early = {p.input for p in pairs}
+    start_after = {p.output: by_name[p.input].last for p in pairs}
+    end_before = {p.input: by_name[p.output].first for p in pairs}
     rects: list[Buffer] = []
     offs: dict[str, int] = {}
     for b in buffers:
-        first = b.first + (b.name in start_late)
-        last = b.last - (b.name in end_early)
+        first = start_after[b.name] + 1 if b.name in start_after else b.first
+        last = end_before[b.name] - 1 if b.name in end_before else b.last
         if first <= last:
             rects.append(Buffer(b.name, b.size_bytes, first, last, b.is_scratch))
             if offsets is not None:
@@ -291,10 +293,16 @@ def pair_rectangles(
     for p in pairs:
         src, dst = by_name[p.input], by_name[p.output]
         name = f"inplace:{p.node}"
-        span = span_bytes(src.size_bytes, dst.size_bytes, p.delta_bytes)
-        rects.append(Buffer(name, span, dst.first, dst.first))
-        if offsets is not None:
-            offs[name] = min(offsets[p.input], offsets[p.output])
+        if -src.size_bytes < p.delta_bytes < dst.size_bytes:  # the two regions meet
+            span = span_bytes(src.size_bytes, dst.size_bytes, p.delta_bytes)
+            rects.append(Buffer(name, span, dst.first, src.last))
+            if offsets is not None:
+                offs[name] = min(offsets[p.input], offsets[p.output])
+            continue
+        for part, buf in ((":in", src), (":out", dst)):  # apart: the gap stays free
+            rects.append(Buffer(name + part, buf.size_bytes, dst.first, src.last))
+            if offsets is not None:
+                offs[name + part] = offsets[buf.name]
     return rects, offs
 
 

@@ -23,6 +23,13 @@ from typing import Any
 
 from crosslevel.errors import UsageError
 from crosslevel.ir.graph import Graph, Node
+from crosslevel.memory.depth_first import (
+    build_stage,
+    stage_buffers,
+    stage_ends,
+    stage_pair,
+    stage_record,
+)
 from crosslevel.memory.inplace import (
     InplacePair,
     check_inplace_plan,
@@ -105,19 +112,28 @@ def make_plan(
     alignment: int = TFLM_ALIGNMENT,
     tflm_offsets: bool = False,
     inplace: bool = False,
+    depth_first: bool = False,
 ) -> Plan:
     """Plan ``graph``'s arena for ``order`` (default: the graph's own) with ``plan_arena``,
     or with TFLM's own greedy planner when ``tflm_offsets`` (the baseline strategy), or
-    with in-place pairs where they save bytes when ``inplace`` (kept only if smaller)."""
+    with in-place pairs where they save bytes when ``inplace``, and a depth-first first
+    stage when ``depth_first`` (each kept only if it makes the arena smaller)."""
     nodes = list(order) if order is not None else list(graph.nodes)
     buffers = buffers_for_order(graph, nodes, alignment)
     arena = _tflm_as_exact(buffers) if tflm_offsets else plan_arena(buffers, time_limit_s)
     tflm_bytes = plan_tflm_greedy(buffers).arena_bytes
     pairs: list[InplacePair] = []
+    stages: list[dict[str, Any]] = []
     if inplace:
         with_pairs = _inplace_arena(graph, nodes, buffers, alignment)
         if with_pairs is not None and with_pairs[0].arena_bytes < arena.arena_bytes:
             arena, pairs, buffers = with_pairs
+    if depth_first:
+        staged = _depth_first_arena(
+            graph, nodes, buffers_for_order(graph, nodes, alignment), alignment
+        )
+        if staged is not None and staged[0].arena_bytes < arena.arena_bytes:
+            arena, pairs, buffers, stages = staged
     bounds = PlanBounds(
         peak_live_bytes=peak_live_bytes(pair_rectangles(buffers, pairs)[0]),
         tflm_greedy_bytes=tflm_bytes,
@@ -146,15 +162,44 @@ def make_plan(
         strategy=arena.solver,
         bounds=bounds,
         inplace=pairs,
+        patch_stages=stages,
     )
 
 
-def _inplace_arena(
+def _depth_first_arena(
     graph: Graph, nodes: list[Node], buffers: list[Buffer], alignment: int
+) -> tuple[ExactPlan, list[InplacePair], list[Buffer], list[dict[str, Any]]] | None:
+    """The smallest arena over every valid depth-first first stage (in-place elsewhere)."""
+    best = None
+    for end in stage_ends(graph, nodes):
+        stage = build_stage(graph, nodes[:end])
+        staged = stage_buffers(graph, stage, buffers, alignment)
+        over_source = stage_pair(graph, stage, alignment)
+        placed = _inplace_arena(
+            graph, nodes, staged, alignment, set(stage.nodes), force=True, extra=[over_source]
+        )
+        if placed is not None and (best is None or placed[0].arena_bytes < best[0].arena_bytes):
+            best = (*placed, [stage_record(graph, stage)])
+    return best
+
+
+def _inplace_arena(
+    graph: Graph,
+    nodes: list[Node],
+    buffers: list[Buffer],
+    alignment: int,
+    exclude: set[str] | None = None,
+    force: bool = False,
+    extra: Sequence[InplacePair] = (),
 ) -> tuple[ExactPlan, list[InplacePair], list[Buffer]] | None:
-    """The arena with every saving in-place pair, placed group by group and checked."""
-    pairs = find_pairs(graph, nodes, buffers, alignment)
-    if not pairs:
+    """The arena with every saving in-place pair (none on the ``exclude`` nodes) and the
+    ``extra`` ones, placed group by group and checked; None if no pair saves bytes
+    (unless ``force``)."""
+    pairs = [
+        p for p in find_pairs(graph, nodes, buffers, alignment) if p.node not in (exclude or set())
+    ]
+    pairs += extra
+    if not pairs and not force:
         return None
     pairs = spread_chains(pairs, buffers, alignment)
     buffers = [*buffers, *chunk_buffers(pairs, nodes, alignment)]
@@ -335,18 +380,43 @@ def _inplace_pair(value: Any, where: str, tensor_ids: set[str], nodes: set[str])
         raise _fail(f"{where}.node", f"{pair.node!r} is not in the order")
     if pair.input not in tensor_ids or pair.output not in tensor_ids or pair.input == pair.output:
         raise _fail(where, "must pair two different planned tensors")
-    if pair.granularity not in ("element", "pixel", "row", "column"):
-        raise _fail(f"{where}.granularity", "must be element, pixel, row or column")
+    if pair.granularity not in ("element", "pixel", "row", "column", "stage"):
+        raise _fail(f"{where}.granularity", "must be element, pixel, row, column or stage")
     return pair
 
 
-def _patch_stage(value: Any, where: str) -> dict[str, Any]:
-    d = _obj(value, where, {"layers", "grid", "halos", "extra_macs"})
+def _patch_stage(value: Any, where: str, tensor_ids: set[str]) -> dict[str, Any]:
+    keys = {"layers", "grid", "halos", "extra_macs", "mode", "source", "output", "rings"}
+    d = _obj(value, where, keys)
     layers = [_str(x, f"{where}.layers[]") for x in _list(d["layers"], f"{where}.layers")]
     grid = [_int(x, f"{where}.grid[]", 1) for x in _list(d["grid"], f"{where}.grid")]
     halos = [_int(x, f"{where}.halos[]") for x in _list(d["halos"], f"{where}.halos")]
     extra = _int(d["extra_macs"], f"{where}.extra_macs", 0, 2**63 - 1)
-    return {"layers": layers, "grid": grid, "halos": halos, "extra_macs": extra}
+    if d["mode"] != "line-buffer":
+        raise _fail(f"{where}.mode", "must be line-buffer")
+    rings = _obj(
+        d["rings"],
+        f"{where}.rings",
+        set(),
+        set(d["rings"]) if isinstance(d["rings"], dict) else set(),
+    )
+    for name, rows in rings.items():
+        _int(rows, f"{where}.rings[{name!r}]", 1)
+        if f"ring:{name}" not in tensor_ids:
+            raise _fail(f"{where}.rings", f"has no planned line buffer for {name!r}")
+    source, output = _str(d["source"], f"{where}.source"), _str(d["output"], f"{where}.output")
+    if source not in tensor_ids or output not in tensor_ids or not layers:
+        raise _fail(where, "must name planned source and output tensors and its layers")
+    return {
+        "layers": layers,
+        "grid": grid,
+        "halos": halos,
+        "extra_macs": extra,
+        "mode": "line-buffer",
+        "source": source,
+        "output": output,
+        "rings": dict(rings),
+    }
 
 
 def plan_from_json(data: Any) -> Plan:
@@ -388,7 +458,7 @@ def plan_from_json(data: Any) -> Plan:
         for k, x in enumerate(_list(d["inplace"], "inplace"))
     ]
     patches = [
-        _patch_stage(x, f"patch_stages[{k}]")
+        _patch_stage(x, f"patch_stages[{k}]", set(ids))
         for k, x in enumerate(_list(d["patch_stages"], "patch_stages"))
     ]
     plan = Plan(

@@ -5,6 +5,8 @@
 * ``optimal``: our order with the best offsets (best-fit or the exact HiGHS model);
 * ``inplace``: our order, outputs overwriting the inputs they consume (``inplace.py``),
   run by our arena executor (and generated code), not by the stock TFLM runtime;
+* ``patch``: ``inplace`` plus a depth-first first stage (``depth_first.py``): the first
+  layers computed row by row through line buffers, their output over the consumed input;
 * ``best``: the smallest arena within TFLM's rules (``TFLM_RULES``: what the stock TFLM
   runtime can run from a .tflite file, and what whole-tensor kernels can run).
 
@@ -17,7 +19,7 @@ from crosslevel.ir.graph import Graph
 from crosslevel.memory.ordering import best_order
 from crosslevel.memory.plan import Plan, make_plan
 
-STRATEGIES = ("tflm", "reorder", "optimal", "inplace", "best")
+STRATEGIES = ("tflm", "reorder", "optimal", "inplace", "patch", "best")
 TFLM_RULES = ("tflm", "reorder", "optimal")
 
 
@@ -33,4 +35,7 @@ def plan_strategies(graph: Graph, time_limit_s: float = 10.0) -> dict[str, Plan]
     }
     plans["best"] = min(plans.values(), key=lambda p: p.arena_bytes)
     plans["inplace"] = make_plan(graph, order, time_limit_s=time_limit_s / 2, inplace=True)
+    plans["patch"] = make_plan(
+        graph, order, time_limit_s=time_limit_s / 2, inplace=True, depth_first=True
+    )
     return plans

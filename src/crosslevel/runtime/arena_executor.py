@@ -30,7 +30,7 @@ executor's; both take NHWC graphs for the pieces of spatial operators.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -58,6 +58,18 @@ class _Arena:
     tags: Array  # int32 per byte: index + 1 of the owning buffer, 0 = free
     buffers: list[PlannedBuffer]
     index: dict[str, int]
+    labels: dict[int, str] = field(default_factory=dict)  # finer tags (rows of a ring)
+
+    def new_tag(self, label: str) -> int:
+        """A tag of its own for a piece of a buffer (a row in a line buffer)."""
+        tag = len(self.buffers) + len(self.labels) + 1
+        self.labels[tag] = label
+        return tag
+
+    def owner(self, tag: int) -> str:
+        if tag in self.labels:
+            return self.labels[tag]
+        return f"tensor {self.buffers[tag - 1].id!r}" if tag else "no tensor (never written)"
 
     @classmethod
     def for_plan(cls, plan: Plan) -> _Arena:
@@ -83,10 +95,14 @@ class _Arena:
             )
         return buf.offset, self.index[name] + 1
 
-    def write(self, name: str, value: Array, where: str, start: int = 0) -> None:
-        """Write ``value``'s bytes into ``name`` from its byte ``start`` on."""
+    def write(
+        self, name: str, value: Array, where: str, start: int = 0, tag: int | None = None
+    ) -> None:
+        """Write ``value``'s bytes into ``name`` from its byte ``start`` on (tagged as
+        ``name``, or with a finer ``tag``)."""
         raw = np.ascontiguousarray(value).view(np.uint8).reshape(-1)
-        offset, tag = self.span(name, start + raw.size, where)
+        offset, own = self.span(name, start + raw.size, where)
+        tag = own if tag is None else tag
         # np.copyto handles a value that is itself a view of overlapping arena bytes.
         np.copyto(np.frombuffer(self.data, np.uint8, raw.size, offset + start), raw)
         self.tags[offset + start : offset + start + raw.size] = tag
@@ -113,22 +129,29 @@ class _Arena:
         self.tags[offset : offset + buf.size_bytes] = tag
 
     def read(
-        self, name: str, dtype: np.dtype, shape: tuple[int, ...], where: str, start: int = 0
+        self,
+        name: str,
+        dtype: np.dtype,
+        shape: tuple[int, ...],
+        where: str,
+        start: int = 0,
+        tag: int | None = None,
     ) -> Array:
         """A read-only view of ``shape`` from byte ``start`` of ``name``, after checking
-        that every byte read still carries ``name``'s tag."""
+        that every byte read still carries ``name``'s tag (or the finer ``tag``)."""
         count = int(np.prod(shape, dtype=np.int64))
         nbytes = count * dtype.itemsize
-        offset, tag = self.span(name, start + nbytes, where)
+        offset, own = self.span(name, start + nbytes, where)
+        tag = own if tag is None else tag
         offset += start
         owners = self.tags[offset : offset + nbytes]
         wrong = np.flatnonzero(owners != tag)
         if wrong.size:
-            owner = int(owners[wrong[0]])
-            by = f"tensor {self.buffers[owner - 1].id!r}" if owner else "no tensor (never written)"
+            what = self.labels.get(tag, f"tensor {name!r}")
             raise ArenaViolation(
-                f"{where}: reading tensor {name!r} at offset {offset}, but byte "
-                f"{offset + int(wrong[0])} ({wrong.size} of {nbytes}) is owned by {by}"
+                f"{where}: reading {what} at offset {offset}, but byte "
+                f"{offset + int(wrong[0])} ({wrong.size} of {nbytes}) is owned by "
+                f"{self.owner(int(owners[wrong[0]]))}"
             )
         view = np.frombuffer(self.data, dtype, count, offset).reshape(shape)
         view.flags.writeable = False  # a kernel must not scribble on its inputs
@@ -150,22 +173,46 @@ def run_in_arena(
         scratch.setdefault(buf.node, []).append(buf)
     pairs = {p.node: p for p in plan.inplace}
     allowed = {(p.input, p.output) for p in plan.inplace}
+    stages = {stage["layers"][0]: stage for stage in plan.patch_stages}
+    staged = {name for stage in plan.patch_stages for name in stage["layers"]}
+    _check_stages(graph, nodes, plan)
     for name, value in bind_inputs(graph, inputs, exact_dtype=True).items():
         arena.write(name, value, "before step 0 (graph input)")
     for step, node in enumerate(nodes):
         where = f"step {step} (node {node.name!r}, {node.op})"
         for buf in scratch.get(node.name, []):  # before the reads: not on an input
             arena.claim_scratch(buf, where)
+        if node.name in stages:
+            from crosslevel.runtime.arena_stage import run_stage
+
+            run_stage(graph, arena, stages[node.name], where)
+        if node.name in staged:  # ran row by row with its stage
+            continue
         if node.name in pairs:
             _run_in_pieces(graph, arena, node, pairs[node.name], where)
             continue
         args = [_operand(graph, arena, name, where) if name else None for name in node.inputs]
-        out = _kernel(graph, node)(graph, node, args)
+        out = kernel_for(graph, node)(graph, node, args)
         _check_output(graph, node, out)
         arena.check_not_onto_inputs(node, out.nbytes, allowed, where)
         arena.write(node.outputs[0], out, where)
     end = f"after step {len(nodes) - 1} (graph output)"
     return [_read_tensor(graph, arena, name, end).copy() for name in graph.outputs]
+
+
+def _check_stages(graph: Graph, nodes: list[Node], plan: Plan) -> None:
+    """A plan's depth-first stage must be a valid one: a prefix of the order that
+    ``stage_ends`` accepts, from the graph input to the output it names."""
+    from crosslevel.memory.depth_first import stage_ends
+
+    for stage in plan.patch_stages:
+        count = len(stage["layers"])
+        names = [n.name for n in nodes[:count]]
+        if names != stage["layers"] or count not in stage_ends(graph, nodes):
+            raise ArenaViolation(f"the plan's stage {stage['layers'][:3]}... is not a prefix "
+                                 "of its order that can run row by row")  # fmt: skip
+        if nodes[count - 1].outputs[0] != stage["output"] or stage["source"] != graph.inputs[0]:
+            raise ArenaViolation("the plan's stage names the wrong source or output")
 
 
 def _nodes_in_plan_order(graph: Graph, plan: Plan) -> list[Node]:
@@ -206,7 +253,7 @@ def _check_output(graph: Graph, node: Node, out: Array) -> None:
 Kernel = Callable[[Graph, Node, list[Array | None]], Array]
 
 
-def _kernel(graph: Graph, node: Node, piece: bool = False) -> Kernel:
+def kernel_for(graph: Graph, node: Node, piece: bool = False) -> Kernel:
     """Reference float kernels for float32 nodes, TFLite's integer kernels otherwise
     (``piece``: a part of the output, exempt from the declared shape)."""
     names = [n for n in (*node.inputs, *node.outputs) if n]
@@ -259,7 +306,7 @@ def _elementwise_pieces(
             dtype = np.dtype(graph.tensor(node.inputs[0]).dtype)
             piece = arena.read(node.inputs[0], dtype, (1, n), where, start * item).copy()
         else:
-            piece = _kernel(graph, node, piece=True)(graph, node, args)
+            piece = kernel_for(graph, node, piece=True)(graph, node, args)
         arena.write(node.outputs[0], piece.astype(out.dtype, copy=False), where, start * item)
 
 
@@ -272,7 +319,7 @@ def _pixel(graph: Graph, arena: _Arena, node: Node, p: int, where: str) -> None:
         node.inputs[0], dtype, (1, 1, 1, channels), where, p * channels * dtype.itemsize
     )
     args = [pixel, *(_constant(graph, n) for n in node.inputs[1:])]
-    _put_piece(graph, arena, node, _kernel(graph, node, True)(graph, node, args), p, where)
+    _put_piece(graph, arena, node, kernel_for(graph, node, True)(graph, node, args), p, where)
 
 
 def _window(graph: Graph, arena: _Arena, node: Node, k: int, axis: int, where: str) -> None:
@@ -289,11 +336,18 @@ def _window(graph: Graph, arena: _Arena, node: Node, k: int, axis: int, where: s
     dtype = np.dtype(x.dtype)
     shape = (1, hi - lo, w, c) if axis == 1 else (1, 1, hi - lo, c)
     rows = arena.read(node.inputs[0], dtype, shape, where, lo * piece * dtype.itemsize)
-    pads = list(node.attrs.get("pads", (0, 0, 0, 0)))
-    pads[axis - 1], pads[axis + 1] = lo - first, last - hi
-    window = replace(node, attrs={**node.attrs, "pads": tuple(pads)})
+    window = window_node(node, axis, lo - first, last - hi)
     args = [rows, *(_constant(graph, n) for n in node.inputs[1:])]
-    _put_piece(graph, arena, node, _kernel(graph, window, True)(graph, window, args), k, where)
+    _put_piece(graph, arena, node, kernel_for(graph, window, True)(graph, window, args), k, where)
+
+
+def window_node(node: Node, axis: int, before: int, after: int) -> Node:
+    """``node`` on a window of its input along ``axis``: the padding becomes what the
+    window lacks at each end (``before`` rows before it and ``after`` after it fall in
+    the image's padding), so the kernel computes exactly the rows of the full operator."""
+    pads = list(node.attrs.get("pads", (0, 0, 0, 0)))
+    pads[axis - 1], pads[axis + 1] = before, after
+    return replace(node, attrs={**node.attrs, "pads": tuple(pads)})
 
 
 def _constant(graph: Graph, name: str) -> Array | None:
