@@ -31,7 +31,8 @@ test: lint
 bench: setup
 	$(BIN)/python benchmarks/arena_tflm.py
 	$(BIN)/python benchmarks/cost_model_error.py
-	$(BIN)/python benchmarks/memory_plan.py
+	$(BIN)/python benchmarks/memory.py
+	$(BIN)/python benchmarks/planning_scale.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

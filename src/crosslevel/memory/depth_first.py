@@ -10,7 +10,8 @@ its ring keeps beyond one.
 
 The stage is a prefix of the operator order from the graph input to one tensor (its
 output), made of operators that walk rows (convolutions, pooling, same-shape elementwise
-operators such as the ADD of a residual block); every tensor made inside it is used only
+operators such as the ADD of a residual block, channel concatenation of an inception
+cell); every tensor made inside it is used only
 inside it. ``build_stage`` simulates the pull schedule once: which (node, row) runs in
 which order, and how many rows each ring must hold so that no row is overwritten while a
 consumer still needs it. The arena executor replays that schedule in the planned ring
@@ -24,10 +25,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from crosslevel.ir.graph import Graph, Node
-from crosslevel.memory.inplace import ELEMENTWISE_OPS, SPATIAL_OPS, InplacePair, window_rows
+from crosslevel.memory.inplace import ELEMENTWISE_OPS, WINDOW_OPS, InplacePair, window_rows
 from crosslevel.memory.lifetimes import Buffer, align_up
 
-ROW_OPS = SPATIAL_OPS | (ELEMENTWISE_OPS - {"RESHAPE", "QUANTIZE"})
+ROW_OPS = WINDOW_OPS | (ELEMENTWISE_OPS - {"RESHAPE", "QUANTIZE"}) | {"CONCATENATION"}
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ def row_bytes(graph: Graph, name: str) -> int:
 
 def rows_needed(graph: Graph, node: Node, r: int) -> tuple[int, int]:
     """Input rows [lo, hi) that output row ``r`` of ``node`` reads (clipped to the image)."""
-    if node.op not in SPATIAL_OPS:
+    if node.op not in WINDOW_OPS:
         return r, r + 1
     height = graph.tensor(node.inputs[0]).shape[1]
     first_of, reach = window_rows(graph, node, 1)
@@ -70,8 +71,11 @@ def _walks_rows(graph: Graph, node: Node) -> bool:
     shapes = [graph.tensor(n).shape for n in [*acts, outs[0]]]
     if any(len(s) != 4 or s[0] != 1 or s[1] < 2 for s in shapes):
         return False
-    if node.op in SPATIAL_OPS:
+    if node.op in WINDOW_OPS:
         return len(acts) == 1 and acts[0] == node.inputs[0]
+    if node.op == "CONCATENATION":  # along channels: row r is row r of every input
+        axis = int(node.attrs.get("axis", -1)) % 4
+        return axis == 3 and all(s[:3] == shapes[-1][:3] for s in shapes)
     return all(s == shapes[-1] for s in shapes)  # elementwise: no broadcasting
 
 
@@ -135,7 +139,7 @@ def build_stage(graph: Graph, nodes: Sequence[Node]) -> Stage:
             lo, hi = rows_needed(graph, node, r)
             for arg in node.inputs:
                 if arg in producer:
-                    ensure(arg, hi if node.op in SPATIAL_OPS else r + 1)
+                    ensure(arg, hi if node.op in WINDOW_OPS else r + 1)
             schedule.append((node.name, r))
             next_row[name] = r + 1
             for t in rings:  # what every line buffer holds right now

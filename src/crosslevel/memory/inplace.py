@@ -35,6 +35,8 @@ from crosslevel.memory.offsets import _key_orders, check_plan
 from crosslevel.memory.tflm_greedy import ArenaPlan
 
 SPATIAL_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "AVERAGE_POOL_2D", "MAX_POOL_2D"})
+# Operators whose output row r reads a window of input rows (PAD: one row, or none).
+WINDOW_OPS = SPATIAL_OPS | {"PAD"}
 # Operators whose output element i depends only on input element i (same position).
 ELEMENTWISE_OPS = frozenset(
     {"RELU", "RELU6", "LOGISTIC", "TANH", "HARD_SWISH", "LEAKY_RELU", "ADD", "SUB", "MUL",
@@ -93,6 +95,8 @@ def _itemsize(graph: Graph, name: str) -> int:
 
 
 def _kernel(graph: Graph, node: Node) -> tuple[int, ...]:
+    if node.op == "PAD":
+        return (1, 1)
     if node.op in ("CONV_2D", "DEPTHWISE_CONV_2D"):  # OHWI / 1HW(C*M) weights
         weights = _shape(graph, node.inputs[1])
         return weights[1:3] if len(weights) == 4 else ()
@@ -101,6 +105,8 @@ def _kernel(graph: Graph, node: Node) -> tuple[int, ...]:
 
 def is_pointwise(graph: Graph, node: Node) -> bool:
     """A 1x1, stride-1, unpadded spatial operator: output pixel p reads input pixel p."""
+    if node.op == "PAD":
+        return False
     kernel = _kernel(graph, node)
     strides = tuple(node.attrs.get("strides", (1, 1)))
     pads = tuple(node.attrs.get("pads", (0, 0, 0, 0)))
@@ -114,7 +120,7 @@ def pieces(graph: Graph, node: Node, index: int) -> Pieces | None:
     out = node.outputs[0]
     if node.op in ELEMENTWISE_OPS:
         return _elementwise_pieces(graph, node, name, out)
-    if node.op in SPATIAL_OPS and index == 0 and graph.layout == "NHWC":
+    if node.op in WINDOW_OPS and index == 0 and graph.layout == "NHWC":
         return _spatial_pieces(graph, node, name, out)
     return None
 
@@ -156,8 +162,11 @@ def _spatial_pieces(graph: Graph, node: Node, name: str, out: str) -> Pieces | N
 
 
 def window_rows(graph: Graph, node: Node, axis: int) -> tuple[Callable[[int], int], int]:
-    """Along ``axis`` (1: rows, 2: columns) of an NHWC spatial operator: the first input
+    """Along ``axis`` (1: rows, 2: columns) of an NHWC windowed operator: the first input
     index read by output index k (negative in the padding) and how many it reads."""
+    if node.op == "PAD":  # pads per dimension: ((before, after), ...)
+        before = int(node.attrs["pads"][axis][0])
+        return (lambda i: i - before), 1
     k = axis - 1
     stride = int(tuple(node.attrs.get("strides", (1, 1)))[k])
     before = int(tuple(node.attrs.get("pads", (0, 0, 0, 0)))[k])

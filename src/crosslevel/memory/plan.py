@@ -45,6 +45,7 @@ from crosslevel.memory.tflm_greedy import plan_tflm_greedy
 
 FORMAT = "crosslevel.plan/1"
 MAX_PLAN_FILE_BYTES = 64 * 1024 * 1024
+_STAGES_PLACED = 3  # depth-first stage ends placed in full (the lowest floors)
 _MAX_INT = 2**31 - 1  # TFLM addresses its arena with 32-bit offsets
 
 
@@ -135,7 +136,7 @@ def make_plan(
         if staged is not None and staged[0].arena_bytes < arena.arena_bytes:
             arena, pairs, buffers, stages = staged
     bounds = PlanBounds(
-        peak_live_bytes=peak_live_bytes(pair_rectangles(buffers, pairs)[0]),
+        peak_live_bytes=_floor(buffers, pairs),
         tflm_greedy_bytes=tflm_bytes,
         lower_bound_bytes=arena.lower_bound_bytes,
         optimal=arena.optimal,
@@ -169,46 +170,61 @@ def make_plan(
 def _depth_first_arena(
     graph: Graph, nodes: list[Node], buffers: list[Buffer], alignment: int
 ) -> tuple[ExactPlan, list[InplacePair], list[Buffer], list[dict[str, Any]]] | None:
-    """The smallest arena over every valid depth-first first stage (in-place elsewhere)."""
-    best = None
+    """The smallest arena over the valid depth-first first stages (in-place elsewhere):
+    every stage end is bounded by its floor, the few lowest floors are placed."""
+    candidates = []
     for end in stage_ends(graph, nodes):
         stage = build_stage(graph, nodes[:end])
         staged = stage_buffers(graph, stage, buffers, alignment)
-        over_source = stage_pair(graph, stage, alignment)
-        placed = _inplace_arena(
-            graph, nodes, staged, alignment, set(stage.nodes), force=True, extra=[over_source]
-        )
-        if placed is not None and (best is None or placed[0].arena_bytes < best[0].arena_bytes):
-            best = (*placed, [stage_record(graph, stage)])
+        extra = [stage_pair(graph, stage, alignment)]
+        pairs, staged = _pairs(graph, nodes, staged, alignment, set(stage.nodes), extra)
+        candidates.append((_floor(staged, pairs), end, stage, pairs, staged))
+    best = None
+    for _, _, stage, pairs, staged in sorted(candidates, key=lambda c: c[:2])[:_STAGES_PLACED]:
+        placed = _place(staged, pairs)
+        if best is None or placed.arena_bytes < best[0].arena_bytes:
+            best = (placed, pairs, staged, [stage_record(graph, stage)])
     return best
 
 
 def _inplace_arena(
+    graph: Graph, nodes: list[Node], buffers: list[Buffer], alignment: int
+) -> tuple[ExactPlan, list[InplacePair], list[Buffer]] | None:
+    """The arena with every saving in-place pair; None if no pair saves bytes."""
+    pairs, buffers = _pairs(graph, nodes, buffers, alignment)
+    if not pairs:
+        return None
+    return _place(buffers, pairs), pairs, buffers
+
+
+def _pairs(
     graph: Graph,
     nodes: list[Node],
     buffers: list[Buffer],
     alignment: int,
     exclude: set[str] | None = None,
-    force: bool = False,
     extra: Sequence[InplacePair] = (),
-) -> tuple[ExactPlan, list[InplacePair], list[Buffer]] | None:
-    """The arena with every saving in-place pair (none on the ``exclude`` nodes) and the
-    ``extra`` ones, placed group by group and checked; None if no pair saves bytes
-    (unless ``force``)."""
-    pairs = [
-        p for p in find_pairs(graph, nodes, buffers, alignment) if p.node not in (exclude or set())
-    ]
-    pairs += extra
-    if not pairs and not force:
-        return None
+) -> tuple[list[InplacePair], list[Buffer]]:
+    """Every saving in-place pair (none on the ``exclude`` nodes) plus the ``extra`` ones,
+    with deltas that keep chains compact, and the buffers with their piece buffers."""
+    found = find_pairs(graph, nodes, buffers, alignment)
+    pairs = [p for p in found if p.node not in (exclude or set())] + list(extra)
     pairs = spread_chains(pairs, buffers, alignment)
-    buffers = [*buffers, *chunk_buffers(pairs, nodes, alignment)]
+    return pairs, [*buffers, *chunk_buffers(pairs, nodes, alignment)]
+
+
+def _floor(buffers: list[Buffer], pairs: list[InplacePair]) -> int:
+    """No arena with these pairs can be smaller: the peak of the pairs' rectangles."""
+    return peak_live_bytes(pair_rectangles(buffers, pairs)[0])
+
+
+def _place(buffers: list[Buffer], pairs: list[InplacePair]) -> ExactPlan:
+    """Place the pair groups and prove the placement."""
     placed = place_pairs(buffers, pairs)
     check_inplace_plan(buffers, pairs, placed.offsets)
-    floor = peak_live_bytes(pair_rectangles(buffers, pairs)[0])
+    floor = _floor(buffers, pairs)
     gap = _gap_pct(placed.arena_bytes, floor)
-    exact = ExactPlan(placed.offsets, placed.arena_bytes, floor, gap == 0.0, gap, "inplace")
-    return exact, pairs, buffers
+    return ExactPlan(placed.offsets, placed.arena_bytes, floor, gap == 0.0, gap, "inplace")
 
 
 def _tflm_as_exact(buffers: list[Buffer]) -> ExactPlan:

@@ -193,6 +193,8 @@ def run_in_arena(
             continue
         args = [_operand(graph, arena, name, where) if name else None for name in node.inputs]
         out = kernel_for(graph, node)(graph, node, args)
+        if out.dtype == np.float64:  # the reference kernels compute in float64
+            out = out.astype(np.float32)
         _check_output(graph, node, out)
         arena.check_not_onto_inputs(node, out.nbytes, allowed, where)
         arena.write(node.outputs[0], out, where)
@@ -345,6 +347,10 @@ def window_node(node: Node, axis: int, before: int, after: int) -> Node:
     """``node`` on a window of its input along ``axis``: the padding becomes what the
     window lacks at each end (``before`` rows before it and ``after`` after it fall in
     the image's padding), so the kernel computes exactly the rows of the full operator."""
+    if node.op == "PAD":  # pads per dimension: ((before, after), ...)
+        per_dim = [tuple(p) for p in node.attrs["pads"]]
+        per_dim[axis] = (before, after)
+        return replace(node, attrs={**node.attrs, "pads": per_dim})
     pads = list(node.attrs.get("pads", (0, 0, 0, 0)))
     pads[axis - 1], pads[axis + 1] = before, after
     return replace(node, attrs={**node.attrs, "pads": tuple(pads)})

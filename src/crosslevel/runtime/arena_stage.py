@@ -15,7 +15,7 @@ import numpy as np
 
 from crosslevel.ir.graph import Graph, Node
 from crosslevel.memory.depth_first import build_stage, ring_name, row_bytes, rows_needed
-from crosslevel.memory.inplace import SPATIAL_OPS, window_rows
+from crosslevel.memory.inplace import WINDOW_OPS, window_rows
 
 if TYPE_CHECKING:
     from crosslevel.runtime.arena_executor import _Arena
@@ -64,7 +64,9 @@ def _rows(
     _, _, w, c = tensor.shape
     dtype = np.dtype(tensor.dtype)
     size = row_bytes(graph, name)
-    if name not in rings:
+    if lo >= hi:  # a PAD row of padding only
+        return np.zeros((1, 0, w, c), dtype)
+    if name not in rings:  # the source, in its own buffer
         return arena.read(name, dtype, (1, hi - lo, w, c), where, lo * size)
     parts = [
         arena.read(ring_name(name), dtype, (1, 1, w, c), where, (q % rings[name]) * size,
@@ -77,7 +79,7 @@ def _rows(
 def _compute_row(graph: Graph, node: Node, args: list[Array | None], r: int) -> Array:
     from crosslevel.runtime.arena_executor import kernel_for, window_node
 
-    if node.op not in SPATIAL_OPS:
+    if node.op not in WINDOW_OPS:
         return kernel_for(graph, node, True)(graph, node, args)
     height = graph.tensor(node.inputs[0]).shape[1]
     first_of, reach = window_rows(graph, node, 1)
