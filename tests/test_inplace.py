@@ -13,7 +13,7 @@ import pytest
 from crosslevel.ir.graph import Graph
 from crosslevel.ir.onnx import export_onnx
 from crosslevel.ir.tflite_io import import_tflite
-from crosslevel.memory.inplace import InplacePair, max_reverse_delta, min_delta, pieces
+from crosslevel.memory.inplace import max_reverse_delta, min_delta, pieces
 from crosslevel.memory.ordering import best_order
 from crosslevel.memory.plan import InvalidPlanError, Plan, make_plan, plan_from_json, plan_to_json
 from crosslevel.model.int8_zoo import zoo_int8

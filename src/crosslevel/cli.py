@@ -213,6 +213,10 @@ def plan(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("out/plan"),
     int8: Annotated[bool, typer.Option("--int8", help="Zoo models: plan the int8 PTQ.")] = False,
     time_limit_s: Annotated[float, typer.Option(help="Search time limit in seconds.")] = 10.0,
+    device: Annotated[
+        str | None,
+        typer.Option("--device", "-d", help="Device from `crosslevel devices`: does it fit?"),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Plan the activation arena: operator order, offsets and in-place execution, beside
@@ -229,11 +233,26 @@ def plan(
 
     if strategy not in STRATEGIES:
         raise UsageError(f"unknown strategy {strategy!r}; use {', '.join(STRATEGIES)}")
-    result, table = plan_report(load_model(model, int8=int8), strategy, out, time_limit_s)
+    result, table = plan_report(load_model(model, int8=int8), strategy, out, time_limit_s, device)
     if as_json:
         print_json(result)
         return
     console.print(table)
+    bounds = result["lower_bounds"]
+    exact = "exact" if bounds["best_order_exact"] else "bound"
+    console.print(
+        f"lower bounds for whole tensors: file order {bounds['file_order_peak_bytes']:,} B, "
+        f"best order {bounds['best_order_peak_bytes']:,} B ({exact}), largest operator "
+        f"{bounds['largest_operator_bytes']:,} B; in-place and depth-first plans go below "
+        f"them (floor column); chosen plan: {result['extra_macs']:,} extra MACs"
+    )
+    fit = result["device_fit"]
+    if fit:
+        verdict = "[green]fits[/green]" if fit["fits"] else "[red]does not fit[/red]"
+        console.print(
+            f"{verdict} {fit['device']}: arena {fit['arena_bytes']:,} B of "
+            f"{fit['memory_bytes']:,} B working memory"
+        )
     check = result["tflm_check"]
     if check is None:
         console.print("not a .tflite model: no TFLM-ready file (the plan is still written)")
@@ -248,6 +267,10 @@ def plan(
     console.print(f"wrote {out}/plan.json, arena.svg, result.json")
 
 
+
+from crosslevel.model.command import compress_command  # noqa: E402
+
+app.command(name="compress")(clean_errors(compress_command))
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -14,8 +14,10 @@ from typing import Any
 from rich.table import Table
 
 from crosslevel.errors import CrosslevelError
+from crosslevel.hardware.devices import get_device
 from crosslevel.ir.graph import Graph
 from crosslevel.ir.load import LoadedModel
+from crosslevel.memory.ordering import best_order, largest_operator_footprint
 from crosslevel.memory.plan import Plan, write_plan
 from crosslevel.memory.strategies import plan_strategies
 from crosslevel.memory.verify import ArenaCheck, verify_in_arena
@@ -70,8 +72,33 @@ def choose(
     )
 
 
+def lower_bounds(graph: Graph, plans: dict[str, Plan], time_limit_s: float) -> dict[str, Any]:
+    """Issue 3's bounds: the file order's peak, the best order's (exact when proven) and
+    the largest single-operator footprint (inputs + outputs + scratch)."""
+    ordering = best_order(graph, time_limit_s=time_limit_s / 2)
+    return {
+        "file_order_peak_bytes": plans["tflm"].bounds.peak_live_bytes,
+        "best_order_peak_bytes": ordering.lower_bound_bytes,
+        "best_order_exact": ordering.optimal,
+        "largest_operator_bytes": largest_operator_footprint(graph),
+    }
+
+
+def device_fit(device: str | None, arena_bytes: int) -> dict[str, Any] | None:
+    """Whether the chosen arena fits the device's working memory (SRAM on an MCU)."""
+    if device is None:
+        return None
+    target = get_device(device)
+    return {
+        "device": target.name,
+        "memory_bytes": target.memory_bytes,
+        "arena_bytes": arena_bytes,
+        "fits": arena_bytes <= target.memory_bytes,
+    }
+
+
 def plan_report(
-    model: LoadedModel, strategy: str, out: Path, time_limit_s: float
+    model: LoadedModel, strategy: str, out: Path, time_limit_s: float, device: str | None = None
 ) -> tuple[dict[str, Any], Table]:
     """Plan, write OUT/plan.json, OUT/arena.svg, OUT/result.json (and OUT/model.tflite)."""
     plans = plan_strategies(model.graph, time_limit_s)
@@ -87,6 +114,9 @@ def plan_report(
         "arena_bytes": {n: p.arena_bytes for n, p in plans.items()},
         "bounds": {n: p.bounds.__dict__ for n, p in plans.items()},
         "arena_check": {n: {**c.__dict__, "verified": c.verified} for n, c in checks.items()},
+        "lower_bounds": lower_bounds(model.graph, plans, time_limit_s),
+        "extra_macs": sum(stage["extra_macs"] for stage in chosen.patch_stages),
+        "device_fit": device_fit(device, chosen.arena_bytes),
         "tflm_check": None,
     }
     if model.kind == "tflite" and model.file_bytes is not None:
