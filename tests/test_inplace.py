@@ -9,11 +9,13 @@ from functools import cache
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from crosslevel.ir.graph import Graph
 from crosslevel.ir.onnx import export_onnx
 from crosslevel.ir.tflite_io import import_tflite
-from crosslevel.memory.inplace import max_reverse_delta, min_delta, pieces
+from crosslevel.memory.inplace import max_reverse_delta, min_delta, pieces, window_span
 from crosslevel.memory.ordering import best_order
 from crosslevel.memory.plan import InvalidPlanError, Plan, make_plan, plan_from_json, plan_to_json
 from crosslevel.model.int8_zoo import zoo_int8
@@ -133,3 +135,30 @@ def test_float_zoo_model_in_its_inplace_arena_matches_onnx_runtime(name: str) ->
     ours = run_in_arena(graph, plan, [x])[0]
     ref = run_onnx(export_onnx(graph), [x])[0]
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(ref).max()))
+
+
+@given(st.integers(-12, 40), st.integers(1, 12), st.integers(1, 30))
+@settings(max_examples=300, derandomize=True, database=None)
+def test_window_span_splits_a_window_into_image_and_padding(
+    first: int, reach: int, length: int
+) -> None:
+    lo, hi, before, after = window_span(first, reach, length)
+    cells = range(first, first + reach)
+    inside = [i for i in cells if 0 <= i < length]
+    assert before == sum(i < 0 for i in cells) and after == sum(i >= length for i in cells)
+    assert hi - lo == len(inside) and 0 <= lo <= hi <= length
+    if inside:
+        assert lo == inside[0]
+
+
+def test_pads_wider_than_a_row_run_in_place_bit_exact() -> None:
+    """crosslevel's own int8 DS-CNN: PyTorch's symmetric padding of the first layer
+    becomes a PAD of 5 rows, walked in place row by row through rows of padding only."""
+    made = zoo_int8("ds_cnn", num_calibration=2)
+    graph = import_tflite(made.tflite)
+    assert graph.nodes[0].op == "PAD"
+    plan = inplace_plan(graph)
+    assert plan.inplace[0].node == graph.nodes[0].name
+    inputs = int8_inputs(graph, 0)
+    for a, b in zip(run_in_arena(graph, plan, inputs), run_tflm(made.tflite, inputs), strict=True):
+        assert np.array_equal(a, b)

@@ -25,7 +25,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from crosslevel.ir.graph import Graph, Node
-from crosslevel.memory.inplace import ELEMENTWISE_OPS, WINDOW_OPS, InplacePair, window_rows
+from crosslevel.memory.inplace import (
+    ELEMENTWISE_OPS,
+    WINDOW_OPS,
+    InplacePair,
+    window_rows,
+    window_span,
+)
 from crosslevel.memory.lifetimes import Buffer, align_up
 
 ROW_OPS = WINDOW_OPS | (ELEMENTWISE_OPS - {"RESHAPE", "QUANTIZE"}) | {"CONCATENATION"}
@@ -59,8 +65,8 @@ def rows_needed(graph: Graph, node: Node, r: int) -> tuple[int, int]:
         return r, r + 1
     height = graph.tensor(node.inputs[0]).shape[1]
     first_of, reach = window_rows(graph, node, 1)
-    first = first_of(r)
-    return max(first, 0), min(first + reach, height)
+    lo, hi, _, _ = window_span(first_of(r), reach, height)
+    return lo, hi
 
 
 def _walks_rows(graph: Graph, node: Node) -> bool:

@@ -175,6 +175,15 @@ def window_rows(graph: Graph, node: Node, axis: int) -> tuple[Callable[[int], in
     return (lambda i: i * stride - before), reach
 
 
+def window_span(first: int, reach: int, length: int) -> tuple[int, int, int, int]:
+    """The input indices [lo, hi) a window [first, first + reach) reads from an axis of
+    ``length``, and how many of its cells fall in the padding before and after them."""
+    lo = min(max(first, 0), length)
+    hi = max(min(first + reach, length), lo)
+    before = min(max(lo - first, 0), reach)
+    return lo, hi, before, reach - before - (hi - lo)
+
+
 _FAR = 1 << 62
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from rich.table import Table
 
 from crosslevel.errors import CrosslevelError
+from crosslevel.graph.layout import to_nhwc
 from crosslevel.hardware.devices import get_device
 from crosslevel.ir.graph import Graph
 from crosslevel.ir.load import LoadedModel
@@ -55,11 +56,10 @@ def choose(
     """The strategy to write and the arena checks run: ``best`` is the smallest plan that
     ran with equal outputs; a named strategy is checked and must pass too."""
     checks: dict[str, ArenaCheck] = {}
-    names = (
-        [strategy]
-        if strategy != "best"
-        else sorted((n for n in plans if n != "best"), key=lambda n: (plans[n].arena_bytes, n))
-    )
+    rank = list(plans)  # ties go to the simpler strategy (TFLM's rules first)
+    candidates = [n for n in plans if n != "best"]
+    by_size = sorted(candidates, key=lambda n: (plans[n].arena_bytes, rank.index(n)))
+    names = [strategy] if strategy != "best" else by_size
     for name in names:
         checks[name] = verify_in_arena(graph, plans[name])
         if checks[name].verified:
@@ -101,8 +101,11 @@ def plan_report(
     model: LoadedModel, strategy: str, out: Path, time_limit_s: float, device: str | None = None
 ) -> tuple[dict[str, Any], Table]:
     """Plan, write OUT/plan.json, OUT/arena.svg, OUT/result.json (and OUT/model.tflite)."""
-    plans = plan_strategies(model.graph, time_limit_s)
-    name, checks = choose(model.graph, plans, strategy)
+    graph = model.graph
+    if graph.layout == "NCHW":  # rows and pixels are contiguous only in NHWC: plan that
+        graph = to_nhwc(graph)
+    plans = plan_strategies(graph, time_limit_s)
+    name, checks = choose(graph, plans, strategy)
     chosen = plans[name]
     out.mkdir(parents=True, exist_ok=True)
     write_plan(chosen, out / "plan.json")
@@ -114,7 +117,8 @@ def plan_report(
         "arena_bytes": {n: p.arena_bytes for n, p in plans.items()},
         "bounds": {n: p.bounds.__dict__ for n, p in plans.items()},
         "arena_check": {n: {**c.__dict__, "verified": c.verified} for n, c in checks.items()},
-        "lower_bounds": lower_bounds(model.graph, plans, time_limit_s),
+        "layout": graph.layout,
+        "lower_bounds": lower_bounds(graph, plans, time_limit_s),
         "extra_macs": sum(stage["extra_macs"] for stage in chosen.patch_stages),
         "device_fit": device_fit(device, chosen.arena_bytes),
         "tflm_check": None,

@@ -36,7 +36,7 @@ import numpy as np
 
 from crosslevel.errors import CrosslevelError, InvalidModelError
 from crosslevel.ir.graph import Graph, Node
-from crosslevel.memory.inplace import InplacePair, Pieces, pieces, window_rows
+from crosslevel.memory.inplace import InplacePair, Pieces, pieces, window_rows, window_span
 from crosslevel.memory.plan import Plan, PlannedBuffer
 from crosslevel.runtime import int8_executor, reference
 from crosslevel.runtime.reference import bind_inputs
@@ -331,14 +331,12 @@ def _window(graph: Graph, arena: _Arena, node: Node, k: int, axis: int, where: s
     x = graph.tensor(node.inputs[0])
     _, h, w, c = x.shape
     first_of, reach = window_rows(graph, node, axis)
-    first = first_of(k)
-    last = first + reach
     length, piece = (h, w * c) if axis == 1 else (w, c)
-    lo, hi = max(first, 0), min(last, length)
+    lo, hi, before, after = window_span(first_of(k), reach, length)
     dtype = np.dtype(x.dtype)
     shape = (1, hi - lo, w, c) if axis == 1 else (1, 1, hi - lo, c)
     rows = arena.read(node.inputs[0], dtype, shape, where, lo * piece * dtype.itemsize)
-    window = window_node(node, axis, lo - first, last - hi)
+    window = window_node(node, axis, before, after)
     args = [rows, *(_constant(graph, n) for n in node.inputs[1:])]
     _put_piece(graph, arena, node, kernel_for(graph, window, True)(graph, window, args), k, where)
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from crosslevel.ir.graph import Graph, Node
 from crosslevel.memory.depth_first import build_stage, ring_name, row_bytes, rows_needed
-from crosslevel.memory.inplace import WINDOW_OPS, window_rows
+from crosslevel.memory.inplace import WINDOW_OPS, window_rows, window_span
 
 if TYPE_CHECKING:
     from crosslevel.runtime.arena_executor import _Arena
@@ -83,7 +83,6 @@ def _compute_row(graph: Graph, node: Node, args: list[Array | None], r: int) -> 
         return kernel_for(graph, node, True)(graph, node, args)
     height = graph.tensor(node.inputs[0]).shape[1]
     first_of, reach = window_rows(graph, node, 1)
-    first = first_of(r)
-    lo, hi = max(first, 0), min(first + reach, height)
-    window = window_node(node, 1, lo - first, first + reach - hi)
+    _, _, before, after = window_span(first_of(r), reach, height)
+    window = window_node(node, 1, before, after)
     return kernel_for(graph, window, True)(graph, window, args)
