@@ -267,7 +267,6 @@ def plan(
     console.print(f"wrote {out}/plan.json, arena.svg, result.json")
 
 
-
 from crosslevel.model.command import compress_command  # noqa: E402
 
 app.command(name="compress")(clean_errors(compress_command))

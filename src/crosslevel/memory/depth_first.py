@@ -11,7 +11,8 @@ its ring keeps beyond one.
 The stage is a prefix of the operator order from the graph input to one tensor (its
 output), made of operators that walk rows (convolutions, pooling, same-shape elementwise
 operators such as the ADD of a residual block, channel concatenation of an inception
-cell); every tensor made inside it is used only
+cell) and may end in a global average pool fed row by row into an accumulator; every
+tensor made inside it is used only
 inside it. ``build_stage`` simulates the pull schedule once: which (node, row) runs in
 which order, and how many rows each ring must hold so that no row is overwritten while a
 consumer still needs it. The arena executor replays that schedule in the planned ring
@@ -59,9 +60,28 @@ def row_bytes(graph: Graph, name: str) -> int:
     return tensor.nbytes // tensor.shape[1]
 
 
+def is_row_reduction(graph: Graph, node: Node) -> bool:
+    """A global average pool: its one output row sums every input row, so a stage can
+    feed it row by row into an accumulator instead of keeping its whole input."""
+    if node.op != "AVERAGE_POOL_2D" or node.attrs.get("activation", "NONE") != "NONE":
+        return False
+    shape = graph.tensor(node.inputs[0]).shape
+    kernel = tuple(int(k) for k in node.attrs.get("kernel", ()))
+    pads = tuple(node.attrs.get("pads", (0, 0, 0, 0)))
+    return len(shape) == 4 and kernel == tuple(shape[1:3]) and not any(pads)
+
+
+def steps_of(graph: Graph, node: Node) -> int:
+    """How many scheduled steps ``node`` takes in a stage: one per output row, or one per
+    input row for a row reduction (each adds a row to its accumulator)."""
+    if is_row_reduction(graph, node):
+        return int(graph.tensor(node.inputs[0]).shape[1])
+    return int(graph.tensor(node.outputs[0]).shape[1])
+
+
 def rows_needed(graph: Graph, node: Node, r: int) -> tuple[int, int]:
-    """Input rows [lo, hi) that output row ``r`` of ``node`` reads (clipped to the image)."""
-    if node.op not in WINDOW_OPS:
+    """Input rows [lo, hi) that step ``r`` of ``node`` reads (clipped to the image)."""
+    if node.op not in WINDOW_OPS or is_row_reduction(graph, node):
         return r, r + 1
     height = graph.tensor(node.inputs[0]).shape[1]
     first_of, reach = window_rows(graph, node, 1)
@@ -75,6 +95,8 @@ def _walks_rows(graph: Graph, node: Node) -> bool:
         return False
     acts = [i for i in node.inputs if i and graph.tensor(i).data is None]
     shapes = [graph.tensor(n).shape for n in [*acts, outs[0]]]
+    if is_row_reduction(graph, node):
+        shapes = shapes[:-1]  # its output is one row
     if any(len(s) != 4 or s[0] != 1 or s[1] < 2 for s in shapes):
         return False
     if node.op in WINDOW_OPS:
@@ -103,6 +125,8 @@ def stage_ends(graph: Graph, nodes: Sequence[Node]) -> list[int]:
         acts = [i for i in node.inputs if i and graph.tensor(i).data is None]
         if any(a != source and a not in made for a in acts):
             break
+        if made and is_row_reduction(graph, nodes[k - 1]):
+            break  # nothing walks the rows of a reduction's single row
         made.append(node.outputs[0])
         inner = made[:-1]
         closed = all(max(consumers.get(t, [k])) <= k for t in inner)
@@ -118,7 +142,7 @@ def build_stage(graph: Graph, nodes: Sequence[Node]) -> Stage:
     producer = {n.outputs[0]: n for n in nodes}
     output = nodes[-1].outputs[0]
     source = graph.inputs[0]
-    next_row = {t: 0 for t in producer}
+    next_row = {t: 0 for t in producer}  # steps done (rows, or rows accumulated)
     users: dict[str, list[Node]] = {}
     for node in nodes:
         for name in node.inputs:
@@ -134,7 +158,7 @@ def build_stage(graph: Graph, nodes: Sequence[Node]) -> Stage:
         rows = [
             rows_needed(graph, user, next_row[user.outputs[0]])[0]
             for user in users.get(name, [])
-            if next_row[user.outputs[0]] < graph.tensor(user.outputs[0]).shape[1]
+            if next_row[user.outputs[0]] < steps_of(graph, user)
         ]
         return min(rows, default=next_row.get(name, source_rows))
 
@@ -142,18 +166,21 @@ def build_stage(graph: Graph, nodes: Sequence[Node]) -> Stage:
         node = producer[name]
         while next_row[name] < upto:
             r = next_row[name]
-            lo, hi = rows_needed(graph, node, r)
+            _, hi = rows_needed(graph, node, r)
             for arg in node.inputs:
                 if arg in producer:
-                    ensure(arg, hi if node.op in WINDOW_OPS else r + 1)
+                    ensure(arg, hi)
             schedule.append((node.name, r))
             next_row[name] = r + 1
             for t in rings:  # what every line buffer holds right now
                 rings[t] = max(rings[t], next_row[t] - oldest_needed(t))
-            if name == output:
+            if name == output and not reduces:  # a reduction writes once, at its end
                 source_needed.append(oldest_needed(source))
 
-    ensure(output, graph.tensor(output).shape[1])
+    reduces = is_row_reduction(graph, nodes[-1])
+    ensure(output, steps_of(graph, nodes[-1]))
+    if reduces:
+        source_needed.append(source_rows)
     return Stage([n.name for n in nodes], source, output, rings, schedule, source_needed)
 
 
@@ -191,7 +218,19 @@ def stage_buffers(
         Buffer(ring_name(t), align_up(stage.ring_bytes(graph, t), alignment), 0, end, True)
         for t in stage.rings
     ]
+    by_name = {n.name: n for n in graph.nodes}
+    if is_row_reduction(graph, by_name[stage.nodes[-1]]):
+        channels = graph.tensor(stage.output).shape[-1]
+        size = align_up(channels * ACCUMULATOR_BYTES, alignment)
+        rings.append(Buffer(accumulator_name(stage.output), size, 0, end, True))
     return kept + rings
+
+
+ACCUMULATOR_BYTES = 8  # a 64-bit sum per channel (int64 for int8 data, float64 for float)
+
+
+def accumulator_name(tensor: str) -> str:
+    return f"acc:{tensor}"
 
 
 def ring_name(tensor: str) -> str:

@@ -14,8 +14,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from crosslevel.ir.graph import Graph, Node
-from crosslevel.memory.depth_first import build_stage, ring_name, row_bytes, rows_needed
+from crosslevel.memory.depth_first import (
+    accumulator_name,
+    build_stage,
+    is_row_reduction,
+    ring_name,
+    row_bytes,
+    rows_needed,
+)
 from crosslevel.memory.inplace import WINDOW_OPS, window_rows, window_span
+from crosslevel.runtime.int8_kernels import rounded_average
 
 if TYPE_CHECKING:
     from crosslevel.runtime.arena_executor import _Arena
@@ -32,8 +40,11 @@ def run_stage(graph: Graph, arena: _Arena, record: dict[str, Any], where: str) -
     for name, r in stage.schedule:
         node = by_name[name]
         args = [_rows(graph, arena, node, arg, r, rings, row_tags, where) for arg in node.inputs]
-        row = _compute_row(graph, node, args, r)
         out = node.outputs[0]
+        if is_row_reduction(graph, node):
+            _accumulate(graph, arena, node, args[0], r, where)
+            continue
+        row = _compute_row(graph, node, args, r)
         raw = np.ascontiguousarray(row.astype(graph.tensor(out).dtype, copy=False))
         if out == stage.output:
             arena.write(out, raw, where, r * raw.nbytes)
@@ -86,3 +97,29 @@ def _compute_row(graph: Graph, node: Node, args: list[Array | None], r: int) -> 
     _, _, before, after = window_span(first_of(r), reach, height)
     window = window_node(node, 1, before, after)
     return kernel_for(graph, window, True)(graph, window, args)
+
+
+def _accumulate(
+    graph: Graph, arena: _Arena, node: Node, row: Array | None, r: int, where: str
+) -> None:
+    """Add input row ``r`` of a global average pool to its accumulator in the arena; after
+    the last row, write the average as TFLM (int8) or the reference (float) computes it."""
+    assert row is not None
+    out = node.outputs[0]
+    shape = graph.tensor(node.inputs[0]).shape
+    integer = np.issubdtype(row.dtype, np.integer)
+    kind = np.dtype(np.int64 if integer else np.float64)
+    acc = accumulator_name(out)
+    channels = shape[3]
+    total = row.astype(kind).sum(axis=(0, 1, 2))
+    if r > 0:
+        total = total + arena.read(acc, kind, (channels,), where)
+    arena.write(acc, total, where)
+    if r < shape[1] - 1:
+        return
+    count = shape[1] * shape[2]
+    if integer:
+        average = rounded_average(total, count, -128, 127)
+    else:
+        average = (total / count).astype(np.float32)
+    arena.write(out, average.reshape(graph.tensor(out).shape), where)

@@ -373,7 +373,13 @@ def average_pool(
     sums = _pool_windows(x.astype(np.int64), kernel, strides, pads, 0).sum(axis=(4, 5))
     ones = np.ones((1, x.shape[1], x.shape[2], 1), dtype=np.int64)
     counts = _pool_windows(ones, kernel, strides, pads, 0).sum(axis=(4, 5))
-    half = counts // 2
+    return rounded_average(sums, counts, act_min, act_max)
+
+
+def rounded_average(sums: Array, counts: Array | int, act_min: int, act_max: int) -> Array:
+    """TFLM's int8 average from integer sums: ``(sum +- count/2) / count`` truncated toward
+    zero, then the activation clamp (also used by a streamed global pool)."""
+    half = np.asarray(counts) // 2
     num = np.where(sums > 0, sums + half, sums - half)
     quotient = np.abs(num) // counts * np.sign(num)  # truncation toward zero
     return np.clip(quotient, act_min, act_max).astype(np.int8)
