@@ -267,6 +267,11 @@ def plan(
     console.print(f"wrote {out}/plan.json, arena.svg, result.json")
 
 
+from crosslevel.codegen.command import generate as _generate  # noqa: E402
+
+app.command(name="generate")(clean_errors(_generate))
+
+
 from crosslevel.model.command import compress_command  # noqa: E402
 
 app.command(name="compress")(clean_errors(compress_command))

@@ -1,0 +1,1 @@
+"""Hardware-instruction level: model-specific C for a memory plan, built and verified."""
