@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 
 from crosslevel.ir.graph import Graph
+from crosslevel.ir.onnx import export_onnx
 from crosslevel.ir.tflite_io import import_tflite
 from crosslevel.memory.depth_first import build_stage, stage_ends, steps_of
 from crosslevel.memory.plan import InvalidPlanError, Plan, make_plan, plan_from_json, plan_to_json
 from crosslevel.model.int8_zoo import zoo_int8
 from crosslevel.model.mlperf_tiny import models_dir
 from crosslevel.runtime.arena_executor import ArenaViolation, run_in_arena
+from crosslevel.runtime.ort import run_onnx
 from crosslevel.runtime.tflm import run_tflm
 
 
@@ -144,3 +146,17 @@ def test_a_global_pool_takes_its_rows_one_by_one() -> None:
     inputs = int8_inputs(graph, 1)
     for a, b in zip(run_in_arena(graph, plan, inputs), run_tflm(buf, inputs), strict=True):
         assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["resnet8", "inception_cells"])
+def test_float_zoo_stage_matches_onnx_runtime(name: str) -> None:
+    """Float models run their depth-first plans in float32 arenas: within DESIGN.md's
+    tolerance of ONNX Runtime on the same NHWC graph."""
+    graph = zoo_int8(name, num_calibration=2).float_graph
+    plan = make_plan(graph, time_limit_s=2.0, inplace=True, depth_first=True)
+    assert plan.patch_stages and plan.arena_bytes < plan.bounds.tflm_greedy_bytes / 1.5
+    x = np.random.default_rng(0).standard_normal(graph.tensors[graph.inputs[0]].shape)
+    x = x.astype(np.float32)
+    ours = run_in_arena(graph, plan, [x])[0]
+    ref = run_onnx(export_onnx(graph), [x])[0]
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(ref).max()))
