@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import torch
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from crosslevel.model.compress import CompressConfig, CompressResult, Metrics, compress
+if TYPE_CHECKING:  # torch and the passes load only when the command runs: `--help` is fast
+    from crosslevel.model.compress import CompressResult
 
 ZOO_PREFIX = "zoo:"
 
@@ -112,6 +112,10 @@ def compress_command(
     (TFLite-semantics int8, for the memory level and TFLite Micro).
     """
     name = model[len(ZOO_PREFIX) :] if model.startswith(ZOO_PREFIX) else model
+    import torch
+
+    from crosslevel.model.compress import CompressConfig, compress
+
     cfg = CompressConfig(
         model=name, data=data, prune=prune, importance=importance,
         global_pruning=global_pruning, quant=quant, calibration=calibration, rank=rank,
@@ -137,4 +141,4 @@ def compress_command(
     console.print(f"wrote {', '.join(str(out / f) for f in written)}")
 
 
-__all__ = ["compress_command", "result_table", "Metrics"]
+__all__ = ["compress_command", "result_table"]
