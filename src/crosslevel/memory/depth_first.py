@@ -172,8 +172,8 @@ def build_stage(graph: Graph, nodes: Sequence[Node]) -> Stage:
                     ensure(arg, hi)
             schedule.append((node.name, r))
             next_row[name] = r + 1
-            for t in rings:  # what every line buffer holds right now
-                rings[t] = max(rings[t], next_row[t] - oldest_needed(t))
+            if name in rings:  # a ring is fullest just after a row is added to it
+                rings[name] = max(rings[name], next_row[name] - oldest_needed(name))
             if name == output and not reduces:  # a reduction writes once, at its end
                 source_needed.append(oldest_needed(source))
 
