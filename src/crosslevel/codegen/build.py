@@ -1,11 +1,13 @@
 """Build the generated C with the host gcc, load it with ctypes, run and measure it.
 
-The host build is an executor of its own (``run_generated``, ``GeneratedLibrary``): the
-search can time it like any other runtime. Builds go into a folder named by the hash of
-the sources and flags, inside a cache folder the caller names (tests use a session tmp
-dir), so a model is compiled once per session. Besides the shared library, ``inspect``
-compiles the object file exactly as a user would (``gcc -std=c99 -O3 -Wall -Wextra -c``)
-to collect warnings, the sizes ``size`` reports and gcc's vectorization remarks.
+The host build is an executor of its own (``run_generated``, ``GeneratedLibrary``;
+``GeneratedLibrary.invoker`` is a bound call for timing). Builds go into a folder named
+by the hash of the sources and flags, inside a cache folder the caller names (tests use
+a session tmp dir), so a model is compiled once per session. Besides the shared library,
+``inspect_object`` compiles the object file exactly as a user would (``gcc -std=c99 -O3
+-Wall -Wextra -c``) to collect warnings, the sizes ``size`` reports and gcc's
+vectorization remarks. The test-main helpers (``run_process``, ``pack_inputs``,
+``unpack_outputs``) are shared with the Cortex-M runs in ``cross``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from crosslevel.codegen.emit import KERNEL_HEADER, GeneratedModel, generate_c
+from crosslevel.codegen.c_files import KERNEL_HEADER
+from crosslevel.codegen.emit import GeneratedModel, generate_c
 from crosslevel.errors import CrosslevelError, InvalidModelError
 from crosslevel.ir.graph import Graph
 from crosslevel.memory.plan import Plan, make_plan
@@ -45,15 +48,20 @@ def _gcc() -> str:
     return gcc
 
 
-def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+def run_tool(
+    cmd: list[str], cwd: Path, timeout_s: float = GCC_TIMEOUT_S
+) -> subprocess.CompletedProcess[str]:
+    """Run a compiler or binutils tool; a failure or a timeout is a BuildError."""
     try:
         proc = subprocess.run(
-            cmd, cwd=cwd, capture_output=True, text=True, timeout=GCC_TIMEOUT_S, check=False
+            cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout_s, check=False
         )
     except subprocess.TimeoutExpired:
-        raise BuildError(f"{cmd[0]} timed out after {GCC_TIMEOUT_S:.0f} s") from None
+        raise BuildError(f"{Path(cmd[0]).name} timed out after {timeout_s:.0f} s") from None
     if proc.returncode != 0:
-        raise BuildError(f"{' '.join(cmd)} failed: {proc.stderr.strip()[-2000:]}")
+        raise BuildError(
+            f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}"
+        )
     return proc
 
 
@@ -65,7 +73,8 @@ def write_sources(gen: GeneratedModel, out: Path) -> Path:
     return out
 
 
-def _build_dir(gen: GeneratedModel, flags: Sequence[str], cache_dir: Path) -> Path:
+def build_dir(gen: GeneratedModel, flags: Sequence[str], cache_dir: Path) -> Path:
+    """The cache folder of one build: named by the hash of the sources and the flags."""
     digest = hashlib.sha256()
     for name in sorted(gen.files):
         digest.update(name.encode() + b"\0" + gen.files[name].encode() + b"\0")
@@ -90,7 +99,7 @@ class GeneratedLibrary:
         arena = getattr(self._lib, f"{gen.symbol}_arena_bytes")
         arena.restype = ctypes.c_size_t
         self.arena_bytes = int(arena())
-        self.log = CompileLog([], {}, {})
+        self.log = CompileLog([], {})  # filled in by build_library
         self._outs = [np.zeros(s.shape, dtype=s.dtype) for s in gen.outputs]
         self._args = [0] * len(gen.inputs) + [o.ctypes.data for o in self._outs]
 
@@ -127,20 +136,6 @@ class GeneratedLibrary:
 
         return invoke
 
-    def time_ms(self, inputs: Sequence[np.ndarray], repeats: int = 50, warmup: int = 5) -> float:
-        """Median wall time of one inference in milliseconds (ctypes call included)."""
-        keep = self._bind(inputs)
-        call, args = self._invoke, self._args
-        for _ in range(warmup):
-            call(*args)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            call(*args)
-            times.append(time.perf_counter() - t0)
-        del keep
-        return 1e3 * float(np.median(times))
-
 
 def build_library(
     gen: GeneratedModel, cache_dir: Path, flags: Sequence[str] = HOST_FLAGS
@@ -150,13 +145,13 @@ def build_library(
     The same gcc run records its warnings and its vectorization remarks
     (``-fopt-info-vec-all``) in the library's ``log``, so no second compile is needed.
     """
-    folder = _build_dir(gen, flags, Path(cache_dir))
+    folder = build_dir(gen, flags, Path(cache_dir))
     so_path = folder / "libmodel.so"
     if not so_path.exists():
         write_sources(gen, folder)
         tmp = folder / f"libmodel.{time.monotonic_ns()}.tmp.so"
         cmd = [_gcc(), *flags, "-fPIC", "-shared", VEC_INFO, "-o", tmp.name, "model.c", "-lm"]
-        proc = _run(cmd, folder)
+        proc = run_tool(cmd, folder)
         (folder / "gcc.log").write_text(proc.stderr, encoding="utf-8")
         tmp.replace(so_path)
     lib = GeneratedLibrary(gen, so_path)
@@ -170,17 +165,16 @@ class CompileLog:
 
     warnings: list[str]
     vectorized: dict[str, int]  # kernel -> loops vectorized
-    not_vectorized: dict[str, int]
 
 
 def compile_log(folder: Path) -> CompileLog:
+    """The log of the compile in ``folder`` (``gcc.log`` and ``vec.txt``)."""
     log = folder / "gcc.log"
     text = log.read_text(encoding="utf-8") if log.exists() else ""
     header = (folder / KERNEL_HEADER).read_text(encoding="utf-8").splitlines()
     return CompileLog(
         [ln for ln in text.splitlines() if "warning" in ln],
-        _loops_by_function(folder / "vec.txt", header, "optimized: loop vectorized"),
-        _loops_by_function(folder / "vec.txt", header, "missed: couldn't vectorize loop"),
+        _vectorized_loops(folder / "vec.txt", header),
     )
 
 
@@ -204,11 +198,11 @@ def build_asan_checker(gen: GeneratedModel, cache_dir: Path) -> Path:
     aborts (non-zero exit, report on stderr) when a kernel touches arena bytes outside
     its operator's planned regions."""
     flags = ("-std=c99", "-O1", "-g", "-fsanitize=address", "-DCL_ASAN_CHECK")
-    folder = _build_dir(gen, (*flags, "asan"), Path(cache_dir))
+    folder = build_dir(gen, (*flags, "asan"), Path(cache_dir))
     exe = folder / "model_asan"
     if not exe.exists():
         write_sources(gen, folder)
-        _run([_gcc(), *flags, "-o", exe.name, "main.c", "model.c", "-lm"], folder)
+        run_tool([_gcc(), *flags, "-o", exe.name, "main.c", "model.c", "-lm"], folder)
     return exe
 
 
@@ -218,11 +212,7 @@ def run_process(
     """Run a generated test main (``main IN.bin OUT.bin``): (exit code, outputs, stderr)."""
     with tempfile.TemporaryDirectory(prefix="crosslevel-run-") as tmp:
         src, dst = Path(tmp) / "in.bin", Path(tmp) / "out.bin"
-        raw = b"".join(
-            np.ascontiguousarray(x, dtype=s.dtype).tobytes()
-            for x, s in zip(inputs, gen.inputs, strict=True)
-        )
-        src.write_bytes(raw)
+        src.write_bytes(pack_inputs(gen, inputs))
         try:
             proc = subprocess.run(
                 [str(exe), str(src), str(dst)], capture_output=True, timeout=timeout_s, check=False
@@ -230,13 +220,39 @@ def run_process(
         except subprocess.TimeoutExpired:
             raise BuildError(f"{exe.name} did not finish in {timeout_s:.0f} s") from None
         data = dst.read_bytes() if dst.exists() else b""
+    return proc.returncode, unpack_outputs(gen, data), proc.stderr.decode("utf-8", "replace")
+
+
+def pack_inputs(gen: GeneratedModel, inputs: Sequence[np.ndarray]) -> bytes:
+    """The raw input file of a test main: every input's bytes, in order."""
+    return b"".join(
+        np.ascontiguousarray(x, dtype=s.dtype).tobytes()
+        for x, s in zip(inputs, gen.inputs, strict=True)
+    )
+
+
+def unpack_outputs(gen: GeneratedModel, data: bytes) -> list[np.ndarray]:
+    """The outputs in a test main's raw output file; a short file (a process that
+    aborted) yields only the outputs it holds completely."""
     outs, at = [], 0
     for spec in gen.outputs:
         if len(data) >= at + spec.nbytes:
             chunk = data[at : at + spec.nbytes]
             outs.append(np.frombuffer(chunk, dtype=spec.dtype).reshape(spec.shape).copy())
         at += spec.nbytes
-    return proc.returncode, outs, proc.stderr.decode("utf-8", "replace")
+    return outs
+
+
+def random_inputs(gen: GeneratedModel, seed: int) -> list[np.ndarray]:
+    """Random inputs over the whole int8 range, or standard normal floats."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for spec in gen.inputs:
+        if spec.dtype == "int8":
+            out.append(rng.integers(-128, 128, size=spec.shape, dtype=np.int8))
+        else:
+            out.append(rng.standard_normal(spec.shape).astype(np.float32))
+    return out
 
 
 # ----------------------------------------------------------------------------------
@@ -251,49 +267,48 @@ class ObjectReport:
     data_bytes: int
     bss_bytes: int  # the arena
     vectorized: dict[str, int] = field(default_factory=dict)  # kernel -> loops vectorized
-    not_vectorized: dict[str, int] = field(default_factory=dict)
 
     @property
     def flash_bytes(self) -> int:
         return self.text_bytes + self.data_bytes
-
-    @property
-    def ram_bytes(self) -> int:
-        return self.data_bytes + self.bss_bytes
 
 
 def inspect_object(
     gen: GeneratedModel, cache_dir: Path, flags: Sequence[str] = HOST_FLAGS
 ) -> ObjectReport:
     """Compile ``model.c`` to an object with ``-fopt-info-vec``; sizes from ``size``."""
-    folder = _build_dir(gen, (*flags, "obj"), Path(cache_dir))
+    folder = build_dir(gen, (*flags, "obj"), Path(cache_dir))
     write_sources(gen, folder)
-    proc = _run([_gcc(), *flags, VEC_INFO, "-c", "model.c", "-o", "model.o"], folder)
+    proc = run_tool([_gcc(), *flags, VEC_INFO, "-c", "model.c", "-o", "model.o"], folder)
     (folder / "gcc.log").write_text(proc.stderr, encoding="utf-8")
     log = compile_log(folder)
     text, data, bss = object_sizes(folder / "model.o")
-    return ObjectReport(log.warnings, text, data, bss, log.vectorized, log.not_vectorized)
+    return ObjectReport(log.warnings, text, data, bss, log.vectorized)
 
 
-def object_sizes(obj: Path) -> tuple[int, int, int]:
-    """(text, data, bss) of an object file, from binutils ``size`` (Berkeley format)."""
-    size = shutil.which("size")
+def object_sizes(obj: Path, size_tool: str | None = None) -> tuple[int, int, int]:
+    """(text, data, bss) of an object file, from binutils ``size`` (Berkeley format);
+    ``size_tool``: another ``size`` (a cross toolchain's)."""
+    size = size_tool or shutil.which("size")
     if size is None:
         raise BuildError("binutils 'size' not found on PATH")
-    proc = _run([size, str(obj)], obj.parent)
+    # size runs in the object's folder, so it gets the bare name (a relative path would
+    # be resolved twice)
+    proc = run_tool([size, obj.name], obj.parent)
     fields = proc.stdout.strip().splitlines()[-1].split()
     return int(fields[0]), int(fields[1]), int(fields[2])
 
 
-_FUNC = re.compile(r"^static inline \w+ (cl_\w+)\(")
+_KERNEL_DEF = re.compile(r"^static inline \w+ (cl_\w+)\(")
 
 
-def _loops_by_function(report: Path, header: list[str], marker: str) -> dict[str, int]:
-    """Count gcc's loop remarks per kernel of the header (line -> enclosing function)."""
+def _vectorized_loops(report: Path, header: list[str]) -> dict[str, int]:
+    """Count gcc's "loop vectorized" remarks per kernel of the header (a remark names a
+    header line; the kernel is the function that line is in)."""
     owner: list[str] = []
     current = "-"
     for line in header:
-        m = _FUNC.match(line)
+        m = _KERNEL_DEF.match(line)
         if m:
             current = m.group(1)
         owner.append(current)
@@ -302,7 +317,7 @@ def _loops_by_function(report: Path, header: list[str], marker: str) -> dict[str
     text = report.read_text(encoding="utf-8", errors="replace") if report.exists() else ""
     for line in text.splitlines():
         m = re.match(rf"{re.escape(KERNEL_HEADER)}:(\d+):\d+: (.*)", line)
-        if not m or marker not in m.group(2) or line in seen:
+        if not m or "optimized: loop vectorized" not in m.group(2) or line in seen:
             continue
         seen.add(line)
         lineno = int(m.group(1))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,6 +26,7 @@ from crosslevel.codegen.build import (
     ObjectReport,
     build_library,
     inspect_object,
+    random_inputs,
     write_sources,
 )
 from crosslevel.codegen.emit import GeneratedModel, generate_c
@@ -91,6 +93,8 @@ def _resolve(model: str, plan_file: Path | None, int8: bool) -> tuple[str, Path 
 # ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Verification:
+    """How many random inputs gave the reference runtime's outputs."""
+
     reference: str  # "tflite-micro" | "onnxruntime"
     inputs_tried: int
     matched: int
@@ -99,18 +103,6 @@ class Verification:
     @property
     def ok(self) -> bool:
         return self.matched == self.inputs_tried
-
-
-def random_inputs(gen: GeneratedModel, seed: int) -> list[np.ndarray]:
-    """Random inputs over the whole int8 range, or standard normal floats."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for spec in gen.inputs:
-        if spec.dtype == "int8":
-            out.append(rng.integers(-128, 128, size=spec.shape, dtype=np.int8))
-        else:
-            out.append(rng.standard_normal(spec.shape).astype(np.float32))
-    return out
 
 
 def verify(model: LoadedModel, graph: Graph, lib: GeneratedLibrary, count: int = 3) -> Verification:
@@ -131,25 +123,34 @@ def verify(model: LoadedModel, graph: Graph, lib: GeneratedLibrary, count: int =
     return _compare("onnxruntime", lib, lambda xs: run_session(session, xs), count, exact=False)
 
 
+Reference = Callable[[list[np.ndarray]], Sequence[Any]]  # inputs -> reference outputs
+
+
 def _compare(
-    name: str, lib: GeneratedLibrary, ref_fn: Any, count: int, exact: bool
+    name: str, lib: GeneratedLibrary, reference: Reference, count: int, exact: bool
 ) -> Verification:
+    """Inputs of seeds 0..count-1 through both; an input matches when every output does
+    (bit for bit when ``exact``, else within rtol 1e-5 and the scaled atol)."""
     matched, worst = 0, 0.0
     for seed in range(count):
         xs = random_inputs(lib.gen, seed)
-        ours, refs = lib.run(xs), ref_fn(xs)
         ok = True
-        for a, r in zip(ours, refs, strict=True):
-            r = np.asarray(r).reshape(a.shape)
-            diff = float(np.max(np.abs(a.astype(np.float64) - r.astype(np.float64)), initial=0))
-            worst = max(worst, diff)
-            if exact:
-                ok &= bool(np.array_equal(a, r))
-            else:
-                atol = 1e-5 * max(1.0, float(np.max(np.abs(r), initial=0)))
-                ok &= bool(np.allclose(a, r, rtol=1e-5, atol=atol))
+        for ours, ref in zip(lib.run(xs), reference(xs), strict=True):
+            ref = np.asarray(ref).reshape(ours.shape)
+            worst = max(worst, _max_abs_diff(ours, ref))
+            ok &= bool(np.array_equal(ours, ref)) if exact else _close(ours, ref)
         matched += ok
     return Verification(name, count, matched, worst)
+
+
+def _max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)), initial=0))
+
+
+def _close(actual: np.ndarray, ref: np.ndarray) -> bool:
+    """The project's float tolerance: rtol 1e-5, atol 1e-5 * max(1, max|ref|)."""
+    atol = 1e-5 * max(1.0, float(np.max(np.abs(ref), initial=0)))
+    return bool(np.allclose(actual, ref, rtol=1e-5, atol=atol))
 
 
 # ----------------------------------------------------------------------------------

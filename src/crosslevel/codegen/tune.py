@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crosslevel.codegen.build import HOST_FLAGS, build_library
+from crosslevel.codegen.build import HOST_FLAGS, build_library, random_inputs
 from crosslevel.codegen.emit import CONV_CHOICES, generate_c
 from crosslevel.ir.graph import Graph
 from crosslevel.memory.plan import Plan
@@ -28,12 +28,6 @@ class Tuning:
 
     choice: dict[str, str] = field(default_factory=dict)
     time_us: dict[str, dict[str, float]] = field(default_factory=dict)  # node -> variant -> us
-
-    def table_rows(self) -> list[tuple[str, str, str]]:
-        return [
-            (node, self.choice[node], ", ".join(f"{k} {v:.1f}" for k, v in times.items()))
-            for node, times in self.time_us.items()
-        ]
 
 
 def _int8_convs(graph: Graph) -> list[str]:
@@ -53,28 +47,30 @@ def tune_conv_variants(
     if not convs:
         return tuning
     for candidate in CONV_CHOICES:
-        gen = generate_c(graph, plan, variants={name: candidate for name in convs})
-        lib = build_library(gen, cache_dir, (*HOST_FLAGS, "-DCL_PROFILE"))
-        profile = getattr(ctypes.CDLL(str(lib.path)), f"{gen.symbol}_profile")
-        profile.restype = ctypes.POINTER(ctypes.c_double)
-        rng = np.random.default_rng(seed)
-        xs = [
-            rng.integers(-128, 128, size=s.shape, dtype=np.int8)
-            if s.dtype == "int8"
-            else rng.standard_normal(s.shape).astype(np.float32)
-            for s in gen.inputs
-        ]
-        invoke = lib.invoker(xs)
-        invoke()  # warm-up
-        slots = len(gen.profile_nodes)
-        before = np.ctypeslib.as_array(profile(), shape=(slots,)).copy()
-        for _ in range(runs):
-            invoke()
-        after = np.ctypeslib.as_array(profile(), shape=(slots,)).copy()
-        per_run_us = (after - before) * 1e6 / 1_000_000 / runs  # clock ticks are us
-        for slot, name in enumerate(gen.profile_nodes):
-            if name in convs:
-                tuning.time_us.setdefault(name, {})[candidate] = float(per_run_us[slot])
+        forced = {name: candidate for name in convs}
+        per_node = _profile_us(graph, plan, forced, cache_dir, runs, seed)
+        for name in convs:
+            tuning.time_us.setdefault(name, {})[candidate] = per_node[name]
     for name, times in tuning.time_us.items():
         tuning.choice[name] = min(times, key=lambda k: times[k])
     return tuning
+
+
+def _profile_us(
+    graph: Graph, plan: Plan, forced: dict[str, str], cache_dir: Path, runs: int, seed: int
+) -> dict[str, float]:
+    """Processor time per run of each node (us), from a ``-DCL_PROFILE`` build."""
+    gen = generate_c(graph, plan, variants=forced)
+    lib = build_library(gen, cache_dir, (*HOST_FLAGS, "-DCL_PROFILE"))
+    profile = getattr(ctypes.CDLL(str(lib.path)), f"{gen.symbol}_profile")
+    profile.restype = ctypes.POINTER(ctypes.c_double)
+    invoke = lib.invoker(random_inputs(gen, seed))
+    invoke()  # warm-up
+    slots = len(gen.profile_nodes)
+    before = np.ctypeslib.as_array(profile(), shape=(slots,)).copy()
+    for _ in range(runs):
+        invoke()
+    after = np.ctypeslib.as_array(profile(), shape=(slots,)).copy()
+    # clock() ticks: CLOCKS_PER_SEC is 1,000,000 on POSIX systems, so one tick is 1 us
+    per_run_us = (after - before) * 1e6 / 1_000_000 / runs
+    return {name: float(per_run_us[slot]) for slot, name in enumerate(gen.profile_nodes)}
