@@ -17,7 +17,14 @@ from crosslevel.ir.onnx import export_onnx
 from crosslevel.ir.tflite_io import import_tflite
 from crosslevel.memory.inplace import max_reverse_delta, min_delta, pieces, window_span
 from crosslevel.memory.ordering import best_order
-from crosslevel.memory.plan import InvalidPlanError, Plan, make_plan, plan_from_json, plan_to_json
+from crosslevel.memory.plan import (
+    InvalidPlanError,
+    Plan,
+    check_against_graph,
+    make_plan,
+    plan_from_json,
+    plan_to_json,
+)
 from crosslevel.model.int8_zoo import zoo_int8
 from crosslevel.model.mlperf_tiny import INT8_FILES, models_dir
 from crosslevel.runtime.arena_executor import ArenaViolation, run_in_arena
@@ -162,3 +169,25 @@ def test_pads_wider_than_a_row_run_in_place_bit_exact() -> None:
     inputs = int8_inputs(graph, 0)
     for a, b in zip(run_in_arena(graph, plan, inputs), run_tflm(made.tflite, inputs), strict=True):
         assert np.array_equal(a, b)
+
+
+def test_a_plan_claiming_a_walk_its_operator_cannot_do_is_refused() -> None:
+    """Generated code follows a plan blindly: a 3x3 depthwise declared as walking pixels,
+    an unsafe delta, or a lifetime cut short is refused against the graph."""
+    _, graph = model("kws_ref_model.tflite")
+    plan = plan_for("kws_ref_model.tflite")
+    check_against_graph(graph, plan)
+    dw = next(p for p in plan.inplace if p.node.startswith("depthwise"))
+    lying = replace(plan, inplace=[replace(dw, granularity="pixel") if p is dw else p
+                                   for p in plan.inplace])  # fmt: skip
+    with pytest.raises(InvalidPlanError, match="cannot run in place by pixel"):
+        check_against_graph(graph, lying)
+    past = dw.max_reverse_delta_bytes + 16 if dw.reverse else dw.min_delta_bytes - 16
+    unsafe = replace(dw, delta_bytes=past, min_delta_bytes=past, max_reverse_delta_bytes=past)
+    with pytest.raises(InvalidPlanError, match="is unsafe"):
+        check_against_graph(graph, replace(plan, inplace=[unsafe]))
+    first = plan.tensors[1]
+    short = replace(plan, tensors=[replace(first, last=first.first) if b is first else b
+                                   for b in plan.tensors])  # fmt: skip
+    with pytest.raises(InvalidPlanError, match="must be planned for steps"):
+        check_against_graph(graph, short)

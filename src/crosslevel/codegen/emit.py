@@ -34,7 +34,7 @@ from crosslevel.codegen.op_math import emit_add, emit_fully_connected, emit_mean
 from crosslevel.codegen.op_window import CONV_CHOICES, emit_conv, emit_depthwise, emit_pool
 from crosslevel.errors import InvalidModelError, UnsupportedOperatorError
 from crosslevel.ir.graph import Graph, Node
-from crosslevel.memory.plan import InvalidPlanError, Plan
+from crosslevel.memory.plan import InvalidPlanError, Plan, check_against_graph
 
 __all__ = [
     "CONV_CHOICES",
@@ -165,9 +165,8 @@ def _checked_order(graph: Graph, plan: Plan) -> list[Node]:
     """The plan's operator order, checked against the graph (names, topology, sizes)."""
     if plan.patch_stages:
         raise InvalidPlanError("plan: patch stages are not supported by the C generator yet")
+    check_against_graph(graph, plan)  # lifetimes and in-place walks, from the graph
     by_name = {n.name: n for n in graph.nodes}
-    if sorted(plan.order) != sorted(by_name):
-        raise InvalidPlanError("plan: its operator order does not name the model's nodes")
     nodes = [by_name[n] for n in plan.order]
     produced = _check_topology(graph, nodes)
     _check_placements(graph, plan, produced)

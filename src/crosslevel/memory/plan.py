@@ -35,11 +35,20 @@ from crosslevel.memory.inplace import (
     check_inplace_plan,
     chunk_buffers,
     find_pairs,
+    max_reverse_delta,
+    min_delta,
     pair_rectangles,
+    pieces,
     place_pairs,
     spread_chains,
 )
-from crosslevel.memory.lifetimes import TFLM_ALIGNMENT, Buffer, buffers_for_order, peak_live_bytes
+from crosslevel.memory.lifetimes import (
+    TFLM_ALIGNMENT,
+    Buffer,
+    align_up,
+    buffers_for_order,
+    peak_live_bytes,
+)
 from crosslevel.memory.offsets import ExactPlan, PlanOverlapError, _gap_pct, plan_arena
 from crosslevel.memory.tflm_greedy import plan_tflm_greedy
 
@@ -225,6 +234,45 @@ def _place(buffers: list[Buffer], pairs: list[InplacePair]) -> ExactPlan:
     floor = _floor(buffers, pairs)
     gap = _gap_pct(placed.arena_bytes, floor)
     return ExactPlan(placed.offsets, placed.arena_bytes, floor, gap == 0.0, gap, "inplace")
+
+
+def check_against_graph(graph: Graph, plan: Plan) -> None:
+    """Check a plan (user input) against the graph it claims to run, for consumers that
+    follow it blindly (generated code): every activation's planned lifetime covers its
+    real one in the plan's order, and every in-place pair is one this graph's operator
+    can really walk with that delta. Depth-first stages are not checked here."""
+    by_name = {n.name: n for n in graph.nodes}
+    if sorted(plan.order) != sorted(by_name):
+        raise InvalidPlanError("plan: its operator order does not name the model's nodes")
+    nodes = [by_name[n] for n in plan.order]
+    alignment = max((b.alignment for b in plan.tensors), default=TFLM_ALIGNMENT)
+    planned = {b.id: b for b in plan.tensors}
+    for need in buffers_for_order(graph, nodes, alignment, with_scratch=False):
+        got = planned.get(need.name)
+        if got is None or got.first > need.first or got.last < need.last:
+            raise InvalidPlanError(
+                f"plan: tensor {need.name!r} must be planned for steps {need.first}..{need.last}"
+            )
+    for pair in plan.inplace:
+        _check_pair(graph, by_name, pair, alignment)
+
+
+def _check_pair(graph: Graph, by_name: dict[str, Node], pair: InplacePair, alignment: int) -> None:
+    node = by_name.get(pair.node)
+    if node is None or pair.input not in node.inputs or node.outputs[:1] != [pair.output]:
+        raise InvalidPlanError(f"plan: in-place pair at {pair.node!r} names other tensors")
+    walk = pieces(graph, node, node.inputs.index(pair.input))
+    if walk is None or walk.granularity != pair.granularity:
+        raise InvalidPlanError(
+            f"plan: node {pair.node!r} ({node.op}) cannot run in place by {pair.granularity}"
+        )
+    low = align_up(min_delta(walk), alignment)
+    high = -align_up(-max_reverse_delta(walk), alignment)
+    if low > pair.delta_bytes > high:
+        raise InvalidPlanError(
+            f"plan: in-place pair at {pair.node!r}: delta {pair.delta_bytes} is unsafe "
+            f"(safe: >= {low} forward or <= {high} backward)"
+        )
 
 
 def _tflm_as_exact(buffers: list[Buffer]) -> ExactPlan:
