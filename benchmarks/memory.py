@@ -12,7 +12,8 @@ exporter's order as the file's order), all quantized by crosslevel's own PTQ:
   techniques), TFLM/ours, extra MACs, planning time;
 * proof by execution: the chosen plan run inside its arena by our executor, compared with
   tflite-micro's outputs (int8: bit-exact; float: DESIGN.md's tolerance), and the
-  TFLM-ready file (order + offline offsets) run by tflite-micro itself.
+  TFLM-ready file (order + offline offsets) run by tflite-micro itself;
+* whether rematerialization (``memory/remat.py``) lowers the whole-tensor peak.
 
     python benchmarks/memory.py [--json] [--skip-224]
 """
@@ -33,6 +34,7 @@ from crosslevel.ir.graph import Graph
 from crosslevel.ir.tflite_io import import_tflite
 from crosslevel.memory.ordering import best_order, largest_operator_footprint
 from crosslevel.memory.plan import Plan
+from crosslevel.memory.remat import rematerialize
 from crosslevel.memory.strategies import plan_strategies
 from crosslevel.memory.verify import random_inputs, tflm_ready_file, verify_in_tflm
 from crosslevel.model.int8_zoo import zoo_int8
@@ -109,14 +111,23 @@ def measure(name: str, data: bytes) -> dict[str, Any]:
         "executor": executed,
         "executor_s": time.perf_counter() - start,
         "tflm_ready_head": ready_ok,
+        "remat": _remat(graph),
     }
+
+
+def _remat(graph: Graph) -> str:
+    """What rematerialization buys on this model's whole-tensor peak (<= 20% extra MACs)."""
+    found = rematerialize(graph)
+    if found is None:
+        return "no copy pays"
+    return f"{found.peak_before_bytes:,} -> {found.peak_after_bytes:,} (+{found.extra_macs:,} MACs)"
 
 
 def table(rows: list[dict[str, Any]]) -> Table:
     cols = ["model", "TFLM head", "bound file", "bound best order", "largest op"]
     cols += [f"ours {n}" for n in OURS]
     cols += ["chosen", "floor", "TFLM/ours", "extra MACs", "plan s", "our executor",
-             "TFLM-ready head"]  # fmt: skip
+             "TFLM-ready head", "remat"]  # fmt: skip
     out = Table(title="activation arena (bytes): TFLM vs crosslevel, one run")
     for col in cols:
         out.add_column(col, justify="left" if col in ("model", "chosen") else "right")
@@ -135,6 +146,7 @@ def table(rows: list[dict[str, Any]]) -> Table:
             f"{r['planning_s']:.1f}",
             f"{r['executor']} ({r['executor_s']:.0f}s)",
             r["tflm_ready_head"],
+            r["remat"],
         )
     return out
 
