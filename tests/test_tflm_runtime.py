@@ -38,8 +38,11 @@ README_ARENAS = {
     "ad01_fp32.tflite": (3_072, 3_152),
 }
 INT8_FILES = [
-    "kws_ref_model.tflite", "pretrainedResnet_quant.tflite", "vww_96_int8.tflite",
-    "ad01_int8.tflite", "str_ww_ref_model.tflite",
+    "kws_ref_model.tflite",
+    "pretrainedResnet_quant.tflite",
+    "vww_96_int8.tflite",
+    "ad01_int8.tflite",
+    "str_ww_ref_model.tflite",
 ]
 
 
@@ -131,8 +134,10 @@ def test_wrong_inputs_are_usage_errors() -> None:
 def test_corrupt_model_is_refused_before_tflm_sees_it() -> None:
     with pytest.raises(InvalidModelError, match="outputs vector"):
         run_tflm(
-            _repacked(MODELS / "kws_ref_model.tflite",
-                      lambda m: setattr(m.subgraphs[0].operators[3], "outputs", None)),
+            _repacked(
+                MODELS / "kws_ref_model.tflite",
+                lambda m: setattr(m.subgraphs[0].operators[3], "outputs", None),
+            ),
             [np.zeros((1, 49, 10, 1), np.int8)],
         )
     with pytest.raises(InvalidModelError, match="file identifier"):

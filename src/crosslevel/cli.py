@@ -18,7 +18,12 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
+from crosslevel.codegen.command import generate as generate_command
+from crosslevel.control.command import adapt_command
+from crosslevel.distributed.command import partition_command, run_command, serve_command
 from crosslevel.errors import EXIT_INTERNAL, CrosslevelError, UsageError
+from crosslevel.model.command import compress_command
+from crosslevel.search.command import optimize_command
 
 app = typer.Typer(
     help="Cross-level optimization of deep-learning models for AIoT devices.",
@@ -267,14 +272,21 @@ def plan(
     console.print(f"wrote {out}/plan.json, arena.svg, result.json")
 
 
-from crosslevel.codegen.command import generate as _generate  # noqa: E402
-
-app.command(name="generate")(clean_errors(_generate))
-
-
-from crosslevel.model.command import compress_command  # noqa: E402
-
-app.command(name="compress")(clean_errors(compress_command))
+# ----------------------------------------------------------------------------------
+# the commands of the other levels, each defined beside its level (imports stay light:
+# heavy libraries load when a command runs, so `crosslevel --help` is quick)
+# ----------------------------------------------------------------------------------
+LEVEL_COMMANDS: dict[str, Callable[..., Any]] = {
+    "compress": compress_command,  # model level
+    "generate": generate_command,  # hardware-instruction level
+    "partition": partition_command,  # distributed level
+    "serve": serve_command,
+    "run": run_command,
+    "optimize": optimize_command,  # the cross-level search
+    "adapt": adapt_command,  # the run-time controller
+}
+for _name, _command in LEVEL_COMMANDS.items():
+    app.command(name=_name)(clean_errors(_command))
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -1,0 +1,1 @@
+"""The context-aware controller: switch among prepared variants when the context moves."""

@@ -1,0 +1,141 @@
+"""Context, traces and the switching policies.
+
+A variant is feasible under a context when its expected latency (its latency here
+divided by the CPU share left, ``1 - cpu_load``) meets the deadline and what it holds
+resident (weights + arena) fits the memory available. Policies:
+
+* ``greedy``: every tick, the most accurate feasible variant (the fastest when none is);
+* ``ours``: the same choice, with hysteresis so it does not flap: it leaves an infeasible
+  variant at once, but moves to a more accurate one only after that one has been
+  feasible with a ``margin`` of spare deadline for ``hold`` consecutive ticks;
+* ``static:NAME``: always NAME.
+
+Under ``low_battery_pct`` every adaptive policy takes the fastest feasible variant: on
+one core, energy per inference is active power x latency.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from crosslevel.control.variants import Variant
+from crosslevel.errors import InvalidModelError
+
+TRACE_COLUMNS = ("t_s", "cpu_load", "mem_available_bytes", "battery_pct", "bandwidth_mbps",
+                 "rtt_ms")  # fmt: skip
+MIN_CPU_SHARE = 0.02
+
+
+@dataclass(frozen=True)
+class Context:
+    t_s: float
+    cpu_load: float  # 0..1, other work's share of the core
+    mem_available_bytes: int
+    battery_pct: float = 100.0
+    bandwidth_mbps: float = 0.0
+    rtt_ms: float = 0.0
+
+
+def read_trace(path: str | Path) -> list[Context]:
+    """A trace CSV (DESIGN.md columns), each value checked."""
+    path = Path(path)
+    try:
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InvalidModelError(f"{path}: unreadable trace: {exc}") from exc
+    if not rows or set(TRACE_COLUMNS) - set(rows[0]):
+        raise InvalidModelError(f"{path}: a trace needs the columns {', '.join(TRACE_COLUMNS)}")
+    out = []
+    for i, row in enumerate(rows):
+        try:
+            values = [float(row[c]) for c in TRACE_COLUMNS]
+        except (TypeError, ValueError) as exc:
+            raise InvalidModelError(f"{path}: row {i + 2}: {exc}") from exc
+        t, load, mem, battery, bw, rtt = values
+        if not (0 <= load <= 1 and mem >= 0 and 0 <= battery <= 100 and bw >= 0 and rtt >= 0):
+            raise InvalidModelError(f"{path}: row {i + 2}: value out of range: {row}")
+        out.append(Context(t, load, int(mem), battery, bw, rtt))
+    return out
+
+
+def write_trace(path: str | Path, trace: list[Context]) -> None:
+    with Path(path).open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(TRACE_COLUMNS)
+        for c in trace:
+            row = [f"{c.t_s:g}", f"{c.cpu_load:.3f}", c.mem_available_bytes]
+            writer.writerow(
+                [*row, f"{c.battery_pct:.1f}", f"{c.bandwidth_mbps:g}", f"{c.rtt_ms:g}"]
+            )
+
+
+def expected_ms(v: Variant, ctx: Context) -> float:
+    return v.latency_ms / max(MIN_CPU_SHARE, 1.0 - ctx.cpu_load)
+
+
+def feasible(v: Variant, ctx: Context, deadline_ms: float, margin: float = 0.0) -> bool:
+    return (
+        expected_ms(v, ctx) <= deadline_ms * (1.0 - margin)
+        and v.memory_bytes <= ctx.mem_available_bytes
+    )
+
+
+def _accuracy(v: Variant) -> float:
+    return v.accuracy if v.accuracy is not None else 1.0
+
+
+@dataclass
+class Policy:
+    """Greedy (``hold`` 0, ``margin`` 0) or ours (hysteresis); see the module docstring."""
+
+    variants: list[Variant]
+    deadline_ms: float
+    hold: int = 0
+    margin: float = 0.0
+    low_battery_pct: float = 20.0
+    static: str | None = None
+    _streak: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        if self.static is not None:
+            return f"static:{self.static}"
+        return "ours" if self.hold else "greedy"
+
+    def best(self, ctx: Context, margin: float = 0.0) -> Variant | None:
+        """The most accurate feasible variant (the fastest one on low battery)."""
+        ok = [v for v in self.variants if feasible(v, ctx, self.deadline_ms, margin)]
+        if not ok:
+            return None
+        if ctx.battery_pct < self.low_battery_pct:
+            return min(ok, key=lambda v: (v.latency_ms, -_accuracy(v)))
+        return max(ok, key=lambda v: (_accuracy(v), -v.latency_ms))
+
+    def fallback(self, ctx: Context) -> Variant:
+        """Nothing feasible: the variant that misses by the least (memory first)."""
+        fits = [v for v in self.variants if v.memory_bytes <= ctx.mem_available_bytes]
+        return min(fits or self.variants, key=lambda v: (v.memory_bytes if not fits else 0,
+                                                         v.latency_ms))  # fmt: skip
+
+    def decide(self, ctx: Context, current: Variant | None) -> Variant:
+        if self.static is not None:
+            return next(v for v in self.variants if v.name == self.static)
+        choice = self.best(ctx) or self.fallback(ctx)
+        if not self.hold or current is None:
+            return choice
+        if not feasible(current, ctx, self.deadline_ms):
+            self._streak.clear()
+            return choice  # leave an infeasible variant at once
+        better = self.best(ctx, self.margin)
+        if (
+            better is None
+            or better.name == current.name
+            or (_accuracy(better) <= _accuracy(current) and ctx.battery_pct >= self.low_battery_pct)
+        ):
+            self._streak.clear()
+            return current
+        self._streak = {better.name: self._streak.get(better.name, 0) + 1}
+        return better if self._streak[better.name] >= self.hold else current

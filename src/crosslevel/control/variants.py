@@ -1,0 +1,85 @@
+"""Load variants.json (``crosslevel.variants/1``, written by `crosslevel optimize`).
+
+Every field is checked on load with one clear error; model files must stay inside the
+folder of variants.json (a hostile file cannot make the controller read elsewhere).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from crosslevel.errors import InvalidModelError
+
+FORMAT = "crosslevel.variants/1"
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    onnx_path: Path
+    accuracy: float | None  # None: fidelity (outputs unchanged), not an accuracy
+    latency_ms: float  # on the target: predicted by the cost model (or measured, if so labelled)
+    latency_kind: str
+    peak_ram_bytes: int
+    file_bytes: int
+
+    @property
+    def memory_bytes(self) -> int:
+        """What a resident session holds: its weights (the file) and its arena."""
+        return self.file_bytes + self.peak_ram_bytes
+
+
+def _fail(path: Path, what: str) -> InvalidModelError:
+    return InvalidModelError(f"{path}: invalid variants file: {what}")
+
+
+def _number(value: Any, path: Path, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise _fail(path, f"{where} must be a non-negative number, got {value!r}")
+    return float(value)
+
+
+def _variant(entry: Any, path: Path, i: int) -> Variant:
+    where = f"variants[{i}]"
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        raise _fail(path, f"{where} must be an object with a name")
+    files = entry.get("model_files")
+    if not isinstance(files, dict) or not isinstance(files.get("onnx"), str):
+        raise _fail(path, f"{where} has no ONNX model file")
+    folder = path.parent.resolve()
+    onnx_path = (folder / files["onnx"]).resolve()
+    if not onnx_path.is_relative_to(folder) or not onnx_path.is_file():
+        raise _fail(path, f"{where}: model file {files['onnx']!r} is not a file inside {folder}")
+    acc = entry.get("accuracy") or {}
+    accuracy = _number(acc["mean"], path, f"{where}.accuracy") if "mean" in acc else None
+    lat = entry.get("latency_ms")
+    if not isinstance(lat, dict):
+        raise _fail(path, f"{where} has no latency")
+    return Variant(
+        name=entry["name"], onnx_path=onnx_path, accuracy=accuracy,
+        latency_ms=_number(lat.get("value"), path, f"{where}.latency_ms"),
+        latency_kind=str(lat.get("kind", "")),
+        peak_ram_bytes=int(_number(entry.get("peak_ram_bytes"), path, f"{where}.peak_ram_bytes")),
+        file_bytes=onnx_path.stat().st_size,
+    )  # fmt: skip
+
+
+def load_variants(path: str | Path) -> list[Variant]:
+    """The variants of a variants.json file (InvalidModelError when malformed)."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _fail(path, str(exc)) from exc
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise _fail(path, f"format must be {FORMAT!r}")
+    entries = doc.get("variants")
+    if not isinstance(entries, list) or not entries:
+        raise _fail(path, "no variants")
+    variants = [_variant(e, path, i) for i, e in enumerate(entries)]
+    if len({v.name for v in variants}) != len(variants):
+        raise _fail(path, "variant names repeat")
+    return variants

@@ -1,0 +1,1 @@
+"""The distributed level: device/edge/cloud partitioning and split inference over gRPC."""

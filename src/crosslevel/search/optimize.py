@@ -1,0 +1,442 @@
+"""`crosslevel optimize` without the CLI: search, choose, prove, write OUT/.
+
+The chosen point is the first of ``study.choose``'s order whose memory plan runs inside
+its arena with the plain executor's outputs (``memory.verify.verify_in_arena``). Its
+artifacts: ``model.onnx`` (what ONNX Runtime runs: int8 QDQ or float), ``plan.json``
+(its memory plan), and for int8 points ``model.tflite``: the same int8 model with the
+smallest plan within TFLM's rules stored as TFLM's offline plan, written only when the
+stock tflite-micro runtime ran it with identical outputs and the planned head arena.
+``variants.json`` lists the feasible front (each with its ONNX file under
+``variants/``) for the controller.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crosslevel.errors import InfeasibleError, UsageError
+from crosslevel.ir.graph import Graph
+from crosslevel.search.defaults import DEFAULT_DATA, DEFAULT_DEVICE, DEFAULT_MODEL, resolve_device
+from crosslevel.search.levels import MemoryLevel, ModelLevel
+from crosslevel.search.objectives import LABELS, OBJECTIVES, Demands, device_demands, meets
+from crosslevel.search.space import Candidate, Knob, KnobValue, Space
+from crosslevel.search.study import (
+    Evaluator,
+    Record,
+    SearchResult,
+    Settings,
+    accuracy_tolerance,
+    choose,
+    diagnose,
+    front_hypervolume,
+    hv_points,
+    reference_point,
+    run_search,
+    single_level_fronts,
+)
+
+RESULT_FORMAT = "crosslevel.optimize/1"
+VARIANTS_FORMAT = "crosslevel.variants/1"
+MAX_VARIANTS = 6
+ZOO_PREFIX = "zoo:"
+
+
+@dataclass
+class GraphLevel:
+    """A fixed model (file or zoo graph): no knobs, outputs never change."""
+
+    graph: Graph
+    source: str
+    file_bytes: bytes | None = None
+    kind: str = ""
+    name: str = "input"
+    changes_accuracy: bool = False
+
+    @property
+    def knobs(self) -> tuple[Knob, ...]:
+        return ()
+
+    def apply(self, cand: Candidate, values: Mapping[str, KnobValue], exact: bool) -> Candidate:
+        cand.graph = self.graph
+        cand.figures["model_label"] = self.source
+        if self.kind == "tflite" and self.file_bytes is not None:
+            cand.artifacts["int8.tflite"] = self.file_bytes
+        if self.kind == "onnx" and self.file_bytes is not None:
+            cand.artifacts["model.onnx"] = self.file_bytes
+        return cand
+
+
+@dataclass
+class Request:
+    model: str | None = None
+    data: str | None = None
+    device: str = DEFAULT_DEVICE
+    max_latency_ms: float | None = None
+    max_ram_kib: float | None = None
+    max_flash_kib: float | None = None
+    max_accuracy_drop_pp: float | None = None
+    settings: Settings = field(default_factory=Settings)
+    seeds: int = 3
+    epochs: int | None = 4
+    ablation_budget: int | None = None  # None: half the budget; 0: no ablations
+    max_variants: int = MAX_VARIANTS
+    cache_dir: Path | None = None
+
+
+def build_space(req: Request) -> tuple[Space, dict[str, Any]]:
+    """The levels searched for this request and a description of the model."""
+    if req.model is None:
+        name, data = DEFAULT_MODEL, req.data or DEFAULT_DATA
+        return _zoo_space(name, data, req), {"model": f"zoo:{name}", "data": data}
+    name = req.model[len(ZOO_PREFIX) :] if req.model.startswith(ZOO_PREFIX) else req.model
+    from crosslevel.model.zoo import ZOO
+
+    if name in ZOO and req.data is not None:
+        return _zoo_space(name, req.data, req), {"model": f"zoo:{name}", "data": req.data}
+    if req.data is not None:
+        raise UsageError(
+            "--data needs a zoo model (a PyTorch model to fine-tune); a model file is "
+            "searched over accuracy-preserving levels only"
+        )
+    from crosslevel.ir.load import load_model
+
+    spec = f"zoo:{name}" if name in ZOO else req.model
+    loaded = load_model(spec)
+    level = GraphLevel(loaded.graph, loaded.source, loaded.file_bytes, loaded.kind)
+    info = {
+        "model": loaded.source,
+        "data": None,
+        "note": "no PyTorch model and --data: only accuracy-preserving levels searched "
+        "(memory); outputs are unchanged, so the accuracy drop is 0 by construction",
+    }
+    return Space([level, MemoryLevel()]), info
+
+
+def _zoo_space(name: str, data: str, req: Request) -> Space:
+    level = ModelLevel(name, data, seeds=req.seeds, epochs=req.epochs, cache_dir=req.cache_dir)
+    level.config(Space([level]).level_values(level, Space([level]).default())).validate()
+    return Space([level, MemoryLevel()])
+
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass
+class Outcome:
+    result: dict[str, Any]
+    written: list[str]
+    records: list[Record]
+    demands: Demands
+
+
+@dataclass
+class Prepared:
+    """A request checked and resolved before any search (usage errors come out here)."""
+
+    req: Request
+    device: Any
+    demands: Demands
+    space: Space
+    info: dict[str, Any]
+
+
+def prepare(req: Request) -> Prepared:
+    req.settings.validate()
+    if req.max_variants < 1:
+        raise UsageError(f"--max-variants must be >= 1, got {req.max_variants}")
+    device = resolve_device(req.device)
+    demands = device_demands(
+        device, req.max_accuracy_drop_pp, req.max_latency_ms, req.max_ram_kib, req.max_flash_kib
+    )
+    space, info = build_space(req)
+    return Prepared(req, device, demands, space, info)
+
+
+def optimize(req: Request | Prepared, out: Path, progress: Progress | None = None) -> Outcome:
+    """Search, pick and prove the chosen point, write every file of OUT/."""
+    prep = req if isinstance(req, Prepared) else prepare(req)
+    req, device, demands, space, info = prep.req, prep.device, prep.demands, prep.space, prep.info
+    evaluator = Evaluator(space, demands, device)
+    fingerprint = {**info, "device": device.name, "demands": demands.to_dict(),
+                   "space": {k: list(v) for k, v in space.params().items()},
+                   "seeds": req.seeds, "epochs": req.epochs}  # fmt: skip
+    res = run_search(space, evaluator, req.settings, fingerprint, progress)
+    if not res.feasible_front():
+        raise InfeasibleError(infeasible_message(res, demands))
+    searchable = [lv.name for lv in space.levels if any(len(k.choices) > 1 for k in lv.knobs)]
+    budget = req.ablation_budget if req.ablation_budget is not None else req.settings.budget // 2
+    ablations = (
+        single_level_fronts(space, evaluator, req.settings, budget)
+        if budget > 0 and len(searchable) > 1 else {}
+    )  # fmt: skip
+    ablations = {k: v for k, v in ablations.items() if k in searchable}
+    chosen, cand, check = _prove(evaluator, choose(res, demands))
+    out.mkdir(parents=True, exist_ok=True)
+    written, tflm = _write_artifacts(out, cand)
+    variants = _write_variants(out, evaluator, res, demands, chosen, device.name, req.max_variants)
+    written.append("variants.json")
+    result = assemble(info, device, demands, req, res, ablations, chosen, cand, check, tflm,
+                      variants)  # fmt: skip
+    from crosslevel.search.report import write_report
+
+    write_report(out, result, cand)
+    written += ["report.html", "result.json"]
+    return Outcome(result, written, res.records, demands)
+
+
+def infeasible_message(res: SearchResult, demands: Demands) -> str:
+    diag = diagnose(res, demands)
+    label = LABELS.get(diag.hardest, diag.hardest)
+    limit = demands.limits()[diag.hardest]
+    lines = [
+        f"no point meets the demands after {len(res.records)} evaluated points; hardest "
+        "demand: "
+        f"{label} <= {limit:g} (even the best point misses it by "
+        f"{100 * diag.best_violation:.1f} %)",
+        "nearest points:",
+    ]
+    for r in diag.nearest:
+        missed = [LABELS[k] for k, ok in meets(r.values, demands).items() if not ok]
+        vals = ", ".join(
+            f"{LABELS[n]} {_fmt(n, v)}" for n, v in zip(OBJECTIVES, r.values, strict=True)
+        )
+        lines.append(f"  {_knobs(r.params)} ({r.stage}): {vals}; misses {', '.join(missed)}")
+    return "\n".join(lines)
+
+
+def _fmt(name: str, value: float) -> str:
+    if name in ("peak_ram_bytes", "flash_bytes"):
+        return f"{int(value):,}"
+    return f"{value:.3f}"
+
+
+def _knobs(params: Mapping[str, KnobValue]) -> str:
+    return " ".join(f"{k}={v}" for k, v in params.items()) or "(no knobs)"
+
+
+def _prove(evaluator: Evaluator, order: list[Record]) -> tuple[Record, Candidate, dict[str, Any]]:
+    """The first point whose plan ran correctly inside its arena."""
+    from crosslevel.memory.verify import verify_in_arena
+
+    failures = []
+    for rec in order:
+        cand = evaluator.candidate(rec.params, exact=True)
+        check = verify_in_arena(cand.graph, cand.plan)
+        if check.verified:
+            return rec, cand, {**asdict(check), "verified": True}
+        failures.append(f"{_knobs(rec.params)}: {check.error or 'outputs differ'}")
+    raise InfeasibleError("no feasible point's memory plan ran correctly: " + "; ".join(failures))
+
+
+def _write_artifacts(out: Path, cand: Candidate) -> tuple[list[str], dict[str, Any] | None]:
+    from crosslevel.memory.plan import write_plan
+
+    written = []
+    for stale in ("model.onnx", "model.tflite"):
+        (out / stale).unlink(missing_ok=True)
+    if "model.onnx" in cand.artifacts:
+        (out / "model.onnx").write_bytes(cand.artifacts["model.onnx"])
+        written.append("model.onnx")
+    write_plan(cand.plan, out / "plan.json")
+    written.append("plan.json")
+    tflm = _tflm_file(cand)
+    if tflm is not None and tflm["verified"]:
+        (out / "model.tflite").write_bytes(tflm.pop("file"))
+        written.append("model.tflite")
+    elif tflm is not None:
+        tflm.pop("file", None)
+    return written, tflm
+
+
+def _tflm_file(cand: Candidate) -> dict[str, Any] | None:
+    """The int8 model with the smallest plan within TFLM's rules, checked in tflite-micro."""
+    original = cand.artifacts.get("int8.tflite")
+    if original is None:
+        return None
+    from crosslevel.memory.strategies import plan_strategies
+    from crosslevel.memory.verify import tflm_ready_file, verify_in_tflm
+
+    plan = plan_strategies(cand.graph, 2.0)["best"]
+    ready = tflm_ready_file(cand.graph, plan)
+    check = verify_in_tflm(original, ready, cand.graph, plan)
+    return {**asdict(check), "verified": check.verified, "strategy": plan.strategy,
+            "file": ready}  # fmt: skip
+
+
+def _variant_name(rec: Record) -> str:
+    text = "_".join(f"{k.split('.')[-1]}-{v}" for k, v in rec.params.items()) or "input"
+    return re.sub(r"[^A-Za-z0-9_.-]", "", text)
+
+
+def _write_variants(
+    out: Path,
+    evaluator: Evaluator,
+    res: SearchResult,
+    demands: Demands,
+    chosen: Record,
+    device: str,
+    max_variants: int,
+) -> list[dict[str, Any]]:
+    """variants.json (DESIGN.md contract) over the feasible front, chosen point first."""
+    from crosslevel.memory.plan import write_plan
+
+    front = [chosen] + [r for r in choose(res, demands) if r is not chosen][: max_variants - 1]
+    folder = out / "variants"
+    folder.mkdir(exist_ok=True)
+    variants = []
+    for rec in front:
+        cand = evaluator.candidate(rec.params, exact=True)
+        name = _variant_name(rec)
+        files = {}
+        if "model.onnx" in cand.artifacts:
+            (folder / f"{name}.onnx").write_bytes(cand.artifacts["model.onnx"])
+            files["onnx"] = f"variants/{name}.onnx"
+        elif "int8.tflite" in cand.artifacts:  # a .tflite input: the model itself
+            (folder / f"{name}.tflite").write_bytes(cand.artifacts["int8.tflite"])
+            files["tflite"] = f"variants/{name}.tflite"
+        write_plan(cand.plan, folder / f"{name}.plan.json")
+        files["plan"] = f"variants/{name}.plan.json"
+        variants.append(_variant(rec, name, files, device, rec is chosen))
+    doc = {"format": VARIANTS_FORMAT, "device": device, "demands": demands.to_dict(),
+           "variants": variants}  # fmt: skip
+    (out / "variants.json").write_text(json.dumps(doc, indent=2) + "\n")
+    return variants
+
+
+def _variant(
+    rec: Record, name: str, files: dict[str, str], device: str, chosen: bool
+) -> dict[str, Any]:
+    fig = rec.figures
+    if "accuracy" in fig:
+        accuracy: dict[str, Any] | None = {
+            "kind": "accuracy", "mean": fig["accuracy"], "std": fig.get("accuracy_std"),
+            "seeds": fig.get("accuracy_seeds"),
+        }  # fmt: skip
+    else:
+        accuracy = {"kind": "fidelity", "note": "outputs unchanged (memory level only)"}
+    return {
+        "name": name,
+        "chosen": chosen,
+        "knobs": rec.params,
+        "model_files": files,
+        "accuracy": accuracy,
+        "accuracy_drop_pp": rec.values[0],
+        "latency_ms": {
+            "value": rec.values[1],
+            "kind": "predicted",
+            "device": device,
+            "label": fig.get("latency_label", "predicted"),
+        },  # fmt: skip
+        "host_latency_ms": (
+            {"value": fig["host_latency_ms"], "kind": "measured", "device": "host"}
+            if "host_latency_ms" in fig
+            else None
+        ),  # fmt: skip
+        "peak_ram_bytes": int(rec.values[2]),
+        "flash_bytes": int(rec.values[3]),
+        "memory_strategy": fig.get("memory_strategy"),
+        "split": None,
+    }
+
+
+def assemble(
+    info: dict[str, Any],
+    device: Any,
+    demands: Demands,
+    req: Request,
+    res: SearchResult,
+    ablations: dict[str, list[Record]],
+    chosen: Record,
+    cand: Candidate,
+    arena_check: dict[str, Any],
+    tflm: dict[str, Any] | None,
+    variants: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """result.json: every number the page shows, from one place."""
+    from crosslevel.report.analyze import layer_rows
+
+    joint_hv = front_hypervolume(res.records, res.baseline, demands)
+    per_node = cand.figures.get("per_node_ms", {})
+    layers = [{**asdict(row), "predicted_ms": per_node.get(row.name)}
+              for row in layer_rows(cand.graph)]  # fmt: skip
+    return {
+        "format": RESULT_FORMAT,
+        **info,
+        "device": device.to_dict(),
+        "demands": demands.to_dict(),
+        "objectives": list(OBJECTIVES),
+        "settings": {
+            **asdict(req.settings),
+            "study_path": str(req.settings.study_path or ""),
+            "seeds": req.seeds,
+            "epochs": req.epochs,
+        },  # fmt: skip
+        "search": {
+            "trials_total": res.trials_total,
+            "trials_this_run": res.trials_this_run,
+            "evaluated_total": len(res.records),
+            "evaluated_this_run": res.evaluated_this_run,
+            "measured_this_run": res.measured_this_run,
+            "elapsed_s": res.elapsed_s,
+            "stopped_by": res.stopped_by,
+            "resumed_from": res.resumed_from,
+        },  # fmt: skip
+        "baseline": res.baseline.to_dict(),
+        "baseline_meets": meets(res.baseline.values, demands),
+        "trials": [r.to_dict() for r in res.records],
+        "front": [_front_row(r, demands) for r in res.front()],
+        "chosen": {
+            **_front_row(chosen, demands),
+            "arena_check": arena_check,
+            "tflm_check": tflm,
+        },  # fmt: skip
+        "hypervolume": {
+            "reference": reference_point(res.baseline),
+            "objectives": list(OBJECTIVES[1:]),
+            "accuracy_tolerance_pp": accuracy_tolerance(demands),
+            "joint": joint_hv,
+            "single_level": {
+                name: front_hypervolume(recs, res.baseline, demands)
+                for name, recs in ablations.items()
+            },
+        },
+        "ablations": {
+            name: [_front_row(r, demands) for r in recs if r.measured and r.feasible]
+            for name, recs in ablations.items()
+        },
+        "hv_points_joint": hv_points(res.records, demands),
+        "layers": layers,
+        "variants": variants,
+        "notes": _notes(info, cand),
+    }
+
+
+def _front_row(rec: Record, demands: Demands) -> dict[str, Any]:
+    return {**rec.to_dict(), "meets": meets(rec.values, demands)}
+
+
+def _notes(info: dict[str, Any], cand: Candidate) -> list[str]:
+    notes = [
+        "latency: predicted for the target by the cost model (uncalibrated for MCUs); "
+        "host latency, where shown, is measured here with ONNX Runtime (1 thread, median)",
+        "peak RAM: the exact arena of the memory plan; flash: bytes of all constants",
+    ]
+    if info.get("data"):
+        notes.insert(
+            1,
+            "accuracy: deployed ONNX model in ONNX Runtime on held-out data, mean over seeds; "
+            "accuracy drop in percentage points against the unoptimized model",
+        )
+    if info.get("note"):
+        notes.append(info["note"])
+    if cand.figures.get("dtype") == "int8" and info.get("data"):
+        notes.append(
+            "int8 points: figures of the TFLite-semantics int8 model (model.tflite); "
+            "accuracy of the ONNX QDQ model (model.onnx)"
+        )
+    return notes

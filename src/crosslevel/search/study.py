@@ -1,0 +1,409 @@
+"""The Optuna study over the joint space: ask-and-tell, constraints, SQLite, budgets.
+
+Why ask-and-tell: the driver alone holds the study (DESIGN.md: SQLite is not shared
+across Ray nodes), and it lets one trial be evaluated in two stages:
+
+1. **Analytic** (always, about a second): every level's cheap pass (``exact=False``) gives
+   the deployed shapes, hence flash, MACs, the exact arena of the memory plan and the
+   predicted latency on the device.
+2. **Measured** (fine-tuning over seeds and accuracy, 10-20 s for a zoo model) only when
+   the candidate can still be feasible and on the front:
+
+   * it meets every hard limit that does not involve accuracy (RAM, flash, latency;
+     fine-tuning does not change shapes, so these figures are final), and
+   * no measured feasible point already weakly dominates its optimistic vector (its
+     analytic figures with no accuracy lost: compression is assumed not to beat the
+     baseline's accuracy, so such a point cannot enter the front).
+
+   A trial stopped after stage 1 is told to Optuna with its real analytic figures, a
+   pessimistic 100 pp accuracy drop and its constraint violations, and is never reported
+   as a front point. (Optuna's pruners do not work for multi-objective studies.)
+
+Knob combinations already evaluated (in this run or, from the SQLite file, in an earlier
+one) are not evaluated again: the stored result is told again, so NSGA-II's duplicates on
+small categorical spaces cost nothing, and the budget counts distinct combinations
+evaluated (measured on the synthetic test space: with a trial budget, NSGA-II spent
+three quarters of 100 trials on repeats). An interrupted run leaves RUNNING trials in the
+file; they are marked FAIL when the study is resumed.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from crosslevel.errors import UsageError
+from crosslevel.search.objectives import (
+    OBJECTIVES,
+    Demands,
+    constraint_vector,
+    dominates,
+    fill_costs,
+    hypervolume,
+    meets,
+    objective_values,
+    pareto_indices,
+    violations,
+)
+from crosslevel.search.space import Candidate, KnobValue, Space
+
+SAMPLERS = ("nsga2", "tpe")
+STUDY_NAME = "crosslevel-optimize"
+PESSIMISTIC_DROP_PP = 100.0
+MAX_ASKS_PER_EVALUATION = 20  # stop when the sampler only re-proposes evaluated points
+DEFAULT_ACCURACY_TOLERANCE_PP = 1.0  # the chosen point and hypervolume when no demand is set
+_SCALAR = (int, float, str, bool)
+
+
+@dataclass
+class Record:
+    """One evaluated knob combination."""
+
+    number: int
+    params: dict[str, KnobValue]
+    values: list[float]
+    stage: str  # "measured" | "analytic: misses a limit" | "analytic: dominated"
+    figures: dict[str, Any]
+    feasible: bool
+
+    @property
+    def measured(self) -> bool:
+        return self.stage == "measured"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "trial": self.number,
+            "params": self.params,
+            "objectives": dict(zip(OBJECTIVES, self.values, strict=True)),
+            "stage": self.stage,
+            "feasible": self.feasible,
+            "figures": self.figures,
+        }
+
+
+@dataclass
+class Settings:
+    budget: int = 24
+    time_budget_s: float | None = None
+    sampler: str = "nsga2"
+    seed: int = 0
+    study_path: Path | None = None
+    population_size: int = 8
+
+    def validate(self) -> None:
+        if self.budget < 1:
+            raise UsageError(f"--budget must be >= 1, got {self.budget}")
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            raise UsageError(f"--time-budget must be > 0 s, got {self.time_budget_s}")
+        if self.sampler not in SAMPLERS:
+            raise UsageError(f"--sampler must be one of {', '.join(SAMPLERS)}")
+
+
+@dataclass
+class SearchResult:
+    records: list[Record]
+    baseline: Record
+    trials_total: int  # completed Optuna trials, repeats of evaluated points included
+    trials_this_run: int
+    evaluated_this_run: int  # distinct knob combinations evaluated now
+    measured_this_run: int  # of which measured (stage 2)
+    elapsed_s: float
+    stopped_by: str
+    resumed_from: int  # distinct combinations already evaluated in the study file
+    notes: list[str] = field(default_factory=list)
+
+    def measured(self) -> list[Record]:
+        return [r for r in self.records if r.measured]
+
+    def front(self) -> list[Record]:
+        """Non-dominated measured points (feasible or not)."""
+        pts = self.measured()
+        return [pts[i] for i in pareto_indices([r.values for r in pts])]
+
+    def feasible_front(self) -> list[Record]:
+        pts = [r for r in self.measured() if r.feasible]
+        return [pts[i] for i in pareto_indices([r.values for r in pts])]
+
+
+def scalar_figures(figures: dict[str, Any]) -> dict[str, Any]:
+    """The JSON-safe figures stored in the study (and in result.json)."""
+    return {k: v for k, v in figures.items() if isinstance(v, _SCALAR) or v is None}
+
+
+class Evaluator:
+    """Two-stage evaluation of knob combinations (see the module docstring)."""
+
+    def __init__(self, space: Space, demands: Demands, device: Any) -> None:
+        self.space, self.demands, self.device = space, demands, device
+        self.baseline_accuracy: float | None = None
+        self.measured_runs = 0
+
+    def candidate(self, params: dict[str, KnobValue], exact: bool) -> Candidate:
+        cand = self.space.build(params, exact)
+        fill_costs(cand, self.device)
+        return cand
+
+    def baseline(self) -> Record:
+        """The unoptimized point, measured (its accuracy is every drop's reference)."""
+        cand = self.candidate(self.space.default(), exact=True)
+        self.baseline_accuracy = cand.figures.get("accuracy")
+        return self._record(-1, self.space.default(), cand, "measured")
+
+    def evaluate(self, number: int, params: dict[str, KnobValue], done: list[Record]) -> Record:
+        cheap = self.candidate(params, exact=False)
+        optimistic = objective_values(cheap.figures, None)  # no accuracy lost
+        missed = {k: v for k, v in violations(optimistic, self.demands).items() if v > 0}
+        missed.pop("accuracy_drop_pp", None)
+        if missed:
+            return self._record(number, params, cheap, "analytic: misses a limit")
+        if self.space.accuracy_levels() and any(
+            r.measured and r.feasible and _weakly_dominates(r.values, optimistic) for r in done
+        ):
+            return self._record(number, params, cheap, "analytic: dominated")
+        self.measured_runs += 1
+        return self._record(number, params, self.candidate(params, exact=True), "measured")
+
+    def _record(
+        self, number: int, params: dict[str, KnobValue], cand: Candidate, stage: str
+    ) -> Record:
+        values = objective_values(cand.figures, self.baseline_accuracy)
+        if stage != "measured" and self.space.accuracy_levels():
+            values[0] = PESSIMISTIC_DROP_PP
+        feasible = stage == "measured" and all(meets(values, self.demands).values())
+        return Record(number, dict(params), values, stage, scalar_figures(cand.figures), feasible)
+
+
+def _weakly_dominates(a: list[float], b: list[float]) -> bool:
+    return all(x <= y for x, y in zip(a, b, strict=True))
+
+
+def make_sampler(settings: Settings, offset: int) -> optuna.samplers.BaseSampler:
+    """NSGA-II passed explicitly (Optuna defaults to TPE for multi-objective studies).
+
+    Constraints reach both samplers through ``Trial.set_constraint`` (Optuna 5's form of
+    ``constraints_func``, which it deprecates). ``offset`` (completed trials already in
+    the study) shifts the seed so a resumed run does not replay the first run's random
+    proposals."""
+    seed = settings.seed + offset
+    if settings.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=8)
+    return optuna.samplers.NSGAIISampler(population_size=settings.population_size, seed=seed)
+
+
+def open_study(settings: Settings, fingerprint: dict[str, Any]) -> optuna.Study:
+    """A new in-memory study, or the SQLite one at ``--study`` (created or resumed)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = None
+    if settings.study_path is not None:
+        settings.study_path.parent.mkdir(parents=True, exist_ok=True)
+        storage = f"sqlite:///{settings.study_path.resolve()}"
+    try:
+        study = optuna.create_study(
+            storage=storage, study_name=STUDY_NAME, load_if_exists=True,
+            directions=["minimize"] * len(OBJECTIVES),
+        )  # fmt: skip
+    except Exception as exc:  # a corrupt or foreign file: one clear message
+        raise UsageError(f"cannot open study {settings.study_path}: {exc}") from exc
+    stored = study.user_attrs.get("fingerprint")
+    if stored is None:
+        study.set_user_attr("fingerprint", fingerprint)
+    elif stored != fingerprint:
+        raise UsageError(
+            f"study {settings.study_path} belongs to another search ({stored}); this one is "
+            f"{fingerprint}: use another --study file"
+        )
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study.tell(trial.number, state=TrialState.FAIL)  # left by an interrupted run
+    sampler = make_sampler(settings, len(study.trials))
+    study.sampler = sampler
+    return study
+
+
+def _record_from_trial(trial: FrozenTrial) -> Record | None:
+    attrs = trial.user_attrs
+    if trial.values is None or "stage" not in attrs:
+        return None
+    return Record(
+        trial.number, dict(trial.params), list(trial.values), attrs["stage"],
+        dict(attrs.get("figures", {})), bool(attrs.get("feasible", False)),
+    )  # fmt: skip
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, rec: Record, demands: Demands) -> None:
+    for name, value in zip(OBJECTIVES, constraint_vector(rec.values, demands), strict=True):
+        trial.set_constraint(name, value)  # <= 0: met (0 for an unlimited objective)
+    trial.set_user_attr("stage", rec.stage)
+    trial.set_user_attr("feasible", rec.feasible)
+    trial.set_user_attr("figures", rec.figures)
+    study.tell(trial, rec.values)
+
+
+Progress = Callable[[int, int, str], None]
+
+
+def run_search(
+    space: Space,
+    evaluator: Evaluator,
+    settings: Settings,
+    fingerprint: dict[str, Any],
+    progress: Progress | None = None,
+) -> SearchResult:
+    """Run (or resume) the study until ``budget`` completed trials or the time budget."""
+    settings.validate()
+    start = time.monotonic()
+    baseline = evaluator.baseline()
+    study = open_study(settings, fingerprint)
+    records: list[Record] = []
+    by_key: dict[tuple[tuple[str, KnobValue], ...], Record] = {}
+    for old in study.get_trials(states=(TrialState.COMPLETE,)):
+        rec = _record_from_trial(old)
+        if rec is not None and _key(rec.params) not in by_key:
+            by_key[_key(rec.params)] = rec
+            records.append(rec)
+    resumed = len(records)
+    if not study.trials:
+        study.enqueue_trial(space.default())
+    distributions: dict[str, BaseDistribution] = {
+        n: CategoricalDistribution(c) for n, c in space.params().items()
+    }
+    measured_before, asked, stopped = evaluator.measured_runs, 0, "budget"
+    target = min(settings.budget, space.size())
+    while len(records) < target:
+        if settings.time_budget_s is not None and time.monotonic() - start > settings.time_budget_s:
+            stopped = "time budget"
+            break
+        if asked >= MAX_ASKS_PER_EVALUATION * settings.budget:
+            stopped = "sampler kept repeating evaluated points"
+            break
+        trial = study.ask(distributions)
+        asked += 1
+        params = dict(trial.params)
+        known = by_key.get(_key(params))
+        if known is None:
+            rec = evaluator.evaluate(trial.number, params, records)
+            by_key[_key(params)] = rec
+            records.append(rec)
+            if progress is not None:
+                progress(len(records), target, rec.stage)
+        else:  # same knobs as a finished trial: tell its stored result, no new evaluation
+            rec = Record(trial.number, params, known.values, known.stage, known.figures,
+                         known.feasible)  # fmt: skip
+        _tell(study, trial, rec, evaluator.demands)
+    if len(records) >= space.size():
+        stopped = "space exhausted"
+    return SearchResult(
+        records=records, baseline=baseline,
+        trials_total=len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))),
+        trials_this_run=asked, evaluated_this_run=len(records) - resumed,
+        measured_this_run=evaluator.measured_runs - measured_before,
+        elapsed_s=time.monotonic() - start, stopped_by=stopped, resumed_from=resumed,
+    )  # fmt: skip
+
+
+def _key(params: dict[str, KnobValue]) -> tuple[tuple[str, KnobValue], ...]:
+    return tuple(sorted(params.items()))
+
+
+def accuracy_tolerance(demands: Demands) -> float:
+    if demands.max_accuracy_drop_pp is not None:
+        return demands.max_accuracy_drop_pp
+    return DEFAULT_ACCURACY_TOLERANCE_PP
+
+
+def choose(result: SearchResult, demands: Demands) -> list[Record]:
+    """Feasible front points in the order they are offered for deployment: within the
+    accuracy tolerance (the demand, else 1 pp) the fastest first (then least RAM), then
+    the rest by accuracy. The first one whose plan is proven is the chosen point."""
+    tol = accuracy_tolerance(demands)
+    front = result.feasible_front()
+    within = sorted((r for r in front if r.values[0] <= tol), key=lambda r: r.values[1:])
+    rest = sorted((r for r in front if r.values[0] > tol), key=lambda r: r.values)
+    return within + rest
+
+
+def hv_points(records: list[Record], demands: Demands) -> list[list[float]]:
+    """(latency, RAM, flash) of measured points meeting every demand and within the
+    accuracy tolerance: what the hypervolume compares (accuracy enters as a limit, since
+    the unoptimized drop is 0 and a reference of 0 x 1.1 would admit no compressed point)."""
+    tol = accuracy_tolerance(demands)
+    return [r.values[1:] for r in records if r.measured and r.feasible and r.values[0] <= tol]
+
+
+def reference_point(baseline: Record) -> list[float]:
+    """The unoptimized model's (latency, RAM, flash) x 1.1."""
+    return [1.1 * v for v in baseline.values[1:]]
+
+
+def front_hypervolume(records: list[Record], baseline: Record, demands: Demands) -> float:
+    return hypervolume(hv_points(records, demands), reference_point(baseline))
+
+
+@dataclass
+class Diagnosis:
+    """Why nothing is feasible: the hardest demand and the nearest points."""
+
+    hardest: str
+    best_violation: float
+    nearest: list[Record]
+
+
+def diagnose(result: SearchResult, demands: Demands, count: int = 3) -> Diagnosis:
+    """The demand even the best point misses by the most (relative), and the points with
+    the smallest total violation (analytic-only points included: their RAM, flash and
+    latency are final)."""
+    recs = [result.baseline, *result.records]
+    worst_name, worst = "", -math.inf
+    for name in demands.limits():
+        idx = OBJECTIVES.index(name)
+        pool = [r for r in recs if r.measured or idx > 0]
+        best = min(violations(r.values, demands)[name] for r in pool)
+        if best > worst:
+            worst_name, worst = name, best
+
+    def total(r: Record) -> float:
+        v = violations(r.values, demands)
+        if not r.measured:
+            v.pop("accuracy_drop_pp", None)
+        return sum(max(0.0, x) for x in v.values())
+
+    unique = {_key(r.params): r for r in sorted(recs, key=total, reverse=True)}
+    nearest = sorted(unique.values(), key=total)[:count]
+    return Diagnosis(worst_name, worst, nearest)
+
+
+def single_level_fronts(
+    space: Space, evaluator: Evaluator, settings: Settings, budget: int
+) -> dict[str, list[Record]]:
+    """Each level searched alone (the others unoptimized) with the same sampler and
+    ``budget`` trials, in memory, sharing the levels' caches: the ablations."""
+    fronts: dict[str, list[Record]] = {}
+    for level in space.levels:
+        sub = space.restricted([level.name])
+        sub_eval = Evaluator(sub, evaluator.demands, evaluator.device)
+        sub_settings = Settings(budget=budget, sampler=settings.sampler, seed=settings.seed,
+                                population_size=settings.population_size)  # fmt: skip
+        res = run_search(sub, sub_eval, sub_settings, {"ablation": level.name})
+        fronts[level.name] = res.records
+    return fronts
+
+
+__all__ = [
+    "Evaluator",
+    "Record",
+    "SearchResult",
+    "Settings",
+    "choose",
+    "diagnose",
+    "dominates",
+    "front_hypervolume",
+    "run_search",
+    "single_level_fronts",
+]

@@ -1,0 +1,164 @@
+"""The controller: feasible choices, hysteresis, switching under concurrent requests."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper
+from typer.testing import CliRunner
+
+from crosslevel.cli import app
+from crosslevel.control.policy import Context, Policy, feasible, read_trace, write_trace
+from crosslevel.control.replay import make_trace
+from crosslevel.control.runtime import Controller
+from crosslevel.control.variants import Variant, load_variants
+from crosslevel.errors import InvalidModelError
+
+
+def scale_model(k: float) -> bytes:
+    """y = k * x on a (1, 4) input: outputs tell which variant answered."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    const = helper.make_tensor("k", TensorProto.FLOAT, [1], [k])
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "k"], ["y"])], "g", [x], [y],
+                              initializer=[const])  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def write_variants(folder: Path, specs: list[tuple[str, float, float, int]]) -> Path:
+    """variants.json with (name, accuracy, latency_ms, peak_ram_bytes) per variant."""
+    entries = []
+    for i, (name, acc, lat, ram) in enumerate(specs):
+        (folder / f"{name}.onnx").write_bytes(scale_model(float(i + 2)))
+        entries.append({
+            "name": name, "model_files": {"onnx": f"{name}.onnx"},
+            "accuracy": {"kind": "accuracy", "mean": acc},
+            "latency_ms": {"value": lat, "kind": "predicted"}, "peak_ram_bytes": ram,
+            "flash_bytes": 0, "split": None,
+        })  # fmt: skip
+    path = folder / "variants.json"
+    path.write_text(json.dumps({"format": "crosslevel.variants/1", "variants": entries}))
+    return path
+
+
+def fake(name: str, acc: float, lat: float, mem: int) -> Variant:
+    return Variant(name, Path("/nonexistent"), acc, lat, "predicted", mem, 0)
+
+
+VARIANTS = [fake("big", 0.99, 40.0, 3000), fake("mid", 0.97, 15.0, 1500),
+            fake("small", 0.90, 5.0, 600)]  # fmt: skip
+contexts = st.builds(
+    Context, st.floats(0, 100), st.floats(0, 0.98), st.integers(0, 4000), st.floats(0, 100)
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(contexts, min_size=1, max_size=30), st.integers(0, 4))
+def test_never_infeasible_when_a_feasible_variant_exists(seq: list[Context], hold: int) -> None:
+    policy = Policy(VARIANTS, deadline_ms=60.0, hold=hold, margin=0.2)
+    current = None
+    for ctx in seq:
+        current = policy.decide(ctx, current)
+        if any(feasible(v, ctx, 60.0) for v in VARIANTS):
+            assert feasible(current, ctx, 60.0)
+
+
+def test_hysteresis_switches_less_than_greedy() -> None:
+    # Load flickers around the level where "big" just meets the deadline.
+    seq = [Context(i, 0.30 if i % 2 else 0.36, 10_000) for i in range(40)]
+    counts = {}
+    for hold in (0, 3):
+        policy, current, switches = Policy(VARIANTS, 60.0, hold=hold, margin=0.2), None, 0
+        for ctx in seq:
+            choice = policy.decide(ctx, current)
+            switches += current is not None and choice.name != current.name
+            current = choice
+        counts[hold] = switches
+    assert counts[3] < counts[0]
+
+
+def test_switching_never_loses_or_duplicates_a_request(tmp_path: Path) -> None:
+    specs = [("a", 0.99, 10.0, 100), ("b", 0.95, 5.0, 100), ("c", 0.90, 2.0, 100)]
+    variants = load_variants(write_variants(tmp_path, specs))
+    factor = {"a": 2.0, "b": 3.0, "c": 4.0}
+    ctrl = Controller(variants, "a", preload=False)
+    results: dict[int, tuple[str, float]] = {}
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def worker(first: int) -> None:
+        try:
+            for i in range(first, first + 300):
+                x = np.full((1, 4), float(i), dtype=np.float32)
+                name, (y,) = ctrl.infer(x)
+                with lock:
+                    assert i not in results
+                    results[i] = (name, float(y[0, 0]))
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k * 1000,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    names, switches = ["b", "c", "a"], 0
+    while any(t.is_alive() for t in threads):  # switch while requests run, re-creating
+        ctrl.switch(names[switches % 3], memory_limit_bytes=variants[0].memory_bytes)
+        switches += 1  # evicted sessions (only one fits the limit)
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(results) == 1200 and switches > 3
+    for i, (name, y) in results.items():
+        assert y == pytest.approx(factor[name] * i)  # answered by the variant it names
+    assert len({name for name, _ in results.values()}) >= 2
+
+
+def test_variants_file_is_checked(tmp_path: Path) -> None:
+    path = write_variants(tmp_path, [("a", 0.9, 1.0, 10)])
+    doc = json.loads(path.read_text())
+    doc["variants"][0]["model_files"]["onnx"] = "../../etc/passwd"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(InvalidModelError, match="not a file inside"):
+        load_variants(path)
+    path.write_text("{not json")
+    with pytest.raises(InvalidModelError):
+        load_variants(path)
+    path.write_text(json.dumps({"format": "other"}))
+    with pytest.raises(InvalidModelError, match="format"):
+        load_variants(path)
+
+
+def test_trace_round_trip_and_bad_rows(tmp_path: Path) -> None:
+    trace = make_trace("memory_pressure", 0, 10_000, ticks=50)
+    path = tmp_path / "t.csv"
+    write_trace(path, trace)
+    again = read_trace(path)
+    assert [c.mem_available_bytes for c in again] == [c.mem_available_bytes for c in trace]
+    assert make_trace("cpu_bursts", 1, 100) == make_trace("cpu_bursts", 1, 100)  # seeded
+    path.write_text(path.read_text().replace("0.", "x.", 1))
+    with pytest.raises(InvalidModelError, match="row"):
+        read_trace(path)
+
+
+def test_adapt_replays_every_policy(tmp_path: Path) -> None:
+    specs = [("a", 0.99, 40.0, 100), ("b", 0.95, 15.0, 100), ("c", 0.90, 4.0, 100)]
+    path = write_variants(tmp_path, specs)
+    result = CliRunner().invoke(app, ["adapt", str(path), "--trace-kind", "cpu_bursts", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    by = {p["policy"]: p for p in doc["policies"]}
+    assert set(by) == {"ours", "greedy", "static:a", "static:b", "static:c"}
+    assert all(p["requests_served"] == doc["ticks"] for p in by.values())
+    assert by["ours"]["deadline_misses"] <= by["static:a"]["deadline_misses"]
+    assert by["ours"]["mean_accuracy"] >= by["static:c"]["mean_accuracy"]
+    assert by["ours"]["decision_us_median"] < 1000

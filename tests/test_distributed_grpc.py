@@ -1,0 +1,211 @@
+"""Split inference over a real gRPC connection on loopback: outputs, hostile messages,
+tokens, and the edge stopping mid-stream."""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from crosslevel.distributed.client import DeviceClient
+from crosslevel.distributed.partition import load_plan, plan_partition, write_plan
+from crosslevel.distributed.server import start_server
+from crosslevel.distributed.transport import INFER, MAGIC, MessageError, TensorSpec, decode, encode
+from crosslevel.errors import UsageError
+from crosslevel.hardware.devices import get_device, get_link
+from crosslevel.ir.load import load_model
+from crosslevel.runtime.ort import make_session, run_session
+
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture(scope="module")
+def plan(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    graph = load_model("zoo:resnet8").graph
+    half = len(graph.nodes) // 2
+    tier_of = {n.name: int(i >= half) for i, n in enumerate(graph.nodes)}
+    result = plan_partition(
+        graph,
+        ["device", "edge"],
+        [get_device("rpi4"), get_device("host")],
+        [get_link("wifi")],
+        assignment=tier_of,
+    )
+    out = tmp_path_factory.mktemp("plan")
+    write_plan(result, out)
+    return load_plan(out)
+
+
+@pytest.fixture()
+def edge(plan: dict[str, Any]) -> Iterator[tuple[int, Any]]:
+    server, port, service = start_server(plan, TOKEN, max_message_bytes=1 << 20)
+    yield port, service
+    server.stop(0)
+
+
+def _inputs(plan: dict[str, Any], seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(s["shape"]).astype(np.float32) for s in plan["inputs"]]
+
+
+def _reference(plan: dict[str, Any], x: list[np.ndarray]) -> list[np.ndarray]:
+    return run_session(make_session(Path(plan["_whole"])), x)
+
+
+def _close(a: np.ndarray, ref: np.ndarray) -> None:
+    np.testing.assert_allclose(a, ref, rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(ref).max())))
+
+
+def test_split_over_loopback_equals_whole_model(plan: dict[str, Any], edge: Any) -> None:
+    port, service = edge
+    client = DeviceClient(plan, f"127.0.0.1:{port}", TOKEN)
+    client.check_plan()
+    for i in range(5):
+        x = _inputs(plan, i)
+        answer = client.infer(f"r{i}", x)
+        assert answer.where == "split"
+        _close(answer.outputs[0], _reference(plan, x)[0])
+    assert service.served == 5
+    stats = client.stats.summary()
+    assert stats["split_calls"] == 5 and stats["measured_mbps_median"] > 0
+    client.close()
+
+
+def _raw_call(port: int, message: bytes, token: str = TOKEN) -> bytes:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary(INFER)
+        return call(message, timeout=5, metadata=(("authorization", f"Bearer {token}"),))  # type: ignore[no-any-return]
+
+
+def _cut_tensors(plan: dict[str, Any], **replace: np.ndarray) -> dict[str, np.ndarray]:
+    """The cut tensors of the plan, with the first one replaced by ``replace["first"]``."""
+    rng = np.random.default_rng(0)
+    specs = plan["links"][0]["tensors"]
+    tensors = {s["name"]: rng.standard_normal(s["shape"]).astype(np.float32) for s in specs}
+    if "first" in replace:
+        tensors[specs[0]["name"]] = replace["first"]
+    return tensors
+
+
+def _good_message(plan: dict[str, Any]) -> bytes:
+    return encode("ok", _cut_tensors(plan))
+
+
+def _bad_messages(plan: dict[str, Any]) -> list[bytes]:
+    good = _good_message(plan)
+    spec = plan["links"][0]["tensors"][0]
+    wrong_shape = encode("x", _cut_tensors(plan, first=np.zeros([1, 2, 3], np.float32)))
+    wrong_dtype = encode("x", _cut_tensors(plan, first=np.zeros(spec["shape"], np.float64)))
+    wrong_name = encode("x", {"evil": np.zeros(spec["shape"], np.float32)})
+    huge_header = MAGIC + struct.pack("<I", 2**31) + b"{}"
+    return [
+        b"",
+        b"garbage",
+        good[:-7],
+        good + b"extra",
+        wrong_shape,
+        wrong_dtype,
+        wrong_name,
+        huge_header,
+        MAGIC + struct.pack("<I", 5) + b"\xff\xfe\x00{}",
+    ]
+
+
+def test_bad_messages_rejected_and_server_keeps_serving(plan: dict[str, Any], edge: Any) -> None:
+    port, service = edge
+    for message in _bad_messages(plan):
+        with pytest.raises(grpc.RpcError) as info:
+            _raw_call(port, message)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+        assert info.value.details()  # type: ignore[attr-defined]
+    with pytest.raises(grpc.RpcError) as info:
+        _raw_call(port, b"\x00" * (2 << 20))  # over the 1 MiB limit
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+    reply = _raw_call(port, _good_message(plan))
+    specs = [TensorSpec.from_json(s) for s in plan["links"][0]["returned"]]
+    assert decode(reply, specs)[0] == "ok"
+    assert service.rejected == len(_bad_messages(plan)) and service.served == 1
+
+
+def test_decode_names_the_problem(plan: dict[str, Any]) -> None:
+    specs = [TensorSpec.from_json(s) for s in plan["links"][0]["tensors"]]
+    wrong = encode("x", _cut_tensors(plan, first=np.zeros([1, 2, 3], np.float32)))
+    with pytest.raises(MessageError, match="shape"):
+        decode(wrong, specs)
+    wrong = encode("x", _cut_tensors(plan, first=np.zeros(specs[0].shape, np.int32)))
+    with pytest.raises(MessageError, match="dtype"):
+        decode(wrong, specs)
+    packed = encode("x", _cut_tensors(plan), compress=True)
+    assert len(packed) < len(encode("x", _cut_tensors(plan))) / 3
+    assert decode(packed, specs)[1][specs[0].name].dtype == np.float32
+
+
+def test_bad_token_refused(plan: dict[str, Any], edge: Any) -> None:
+    port, service = edge
+    with pytest.raises(grpc.RpcError) as info:
+        _raw_call(port, _good_message(plan), token="wrong")
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+    client = DeviceClient(plan, f"127.0.0.1:{port}", "wrong")
+    with pytest.raises(UsageError, match="token"):
+        client.infer("r0", _inputs(plan, 0))
+    client.close()
+    assert service.served == 0
+
+
+def test_edge_stops_mid_stream_every_request_answered_once(plan: dict[str, Any]) -> None:
+    server, port, _ = start_server(plan, TOKEN)
+    client = DeviceClient(plan, f"127.0.0.1:{port}", TOKEN, timeout_s=1.0, retry_s=0.2)
+    answers = []
+    for i in range(24):
+        if i == 8:
+            server.stop(0)  # the edge goes away mid-stream
+        if i == 16:
+            server, port2, _ = start_server(plan, TOKEN, port=port)  # and comes back
+            assert port2 == port
+            time.sleep(0.3)
+        x = _inputs(plan, i)
+        answer = client.infer(f"r{i}", x)
+        _close(answer.outputs[0], _reference(plan, x)[0])
+        answers.append(answer)
+        time.sleep(0.03)
+    server.stop(0)
+    client.close()
+    ids = [a.request_id for a in answers]
+    assert ids == [f"r{i}" for i in range(24)]  # each answered exactly once, in order
+    where = [a.where for a in answers]
+    assert set(where[:8]) == {"split"}
+    assert set(where[8:16]) == {"local"}
+    assert "split" in where[16:]  # splitting resumed once the edge returned
+    assert where[-1] == "split"
+
+
+def test_tls_with_a_self_signed_certificate(plan: dict[str, Any], tmp_path: Path) -> None:
+    """Split inference over TLS; a client without the root certificate cannot connect."""
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem"),
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+    key, cert = (tmp_path / "key.pem").read_bytes(), (tmp_path / "cert.pem").read_bytes()
+    server, port, service = start_server(plan, TOKEN, tls=(key, cert))
+    try:
+        client = DeviceClient(plan, f"localhost:{port}", TOKEN, tls_root=cert)
+        x = _inputs(plan, 3)
+        answer = client.infer("tls", x)
+        assert answer.where == "split"
+        _close(answer.outputs[0], _reference(plan, x)[0])
+        client.close()
+        plain = DeviceClient(plan, f"localhost:{port}", TOKEN, timeout_s=1.0)
+        assert plain.infer("plain", x).where == "local"  # no TLS: refused, answered locally
+        plain.close()
+        assert service.served == 1
+    finally:
+        server.stop(0)
