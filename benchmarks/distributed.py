@@ -44,12 +44,16 @@ def measured_slowdown(fraction: float) -> float:
         float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                              check=True).stdout) for _ in range(2)
     )  # fmt: skip
-    with CpuQuota(fraction, "bench-probe") as quota:
+    with CpuQuota(fraction) as quota:
         waiting = "import sys\nsys.stdin.readline()\n" + code
         proc = subprocess.Popen([sys.executable, "-c", waiting], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, text=True)  # fmt: skip
-        quota.add(proc.pid)
-        out, _ = proc.communicate("\n", timeout=120)
+        try:
+            quota.add(proc.pid)
+            out, _ = proc.communicate("\n", timeout=120)
+        finally:
+            proc.kill()  # by its own pid; a no-op once it has exited
+            proc.wait()
     return float(out) / base
 
 
@@ -66,15 +70,17 @@ def problem_for(graph: Graph, link: Link, slowdown: float) -> Problem:
 def run_placement(link: EmulatedLink, plan_dir: Path, quota: CpuQuota) -> dict[str, float]:
     server = link.start(link.edge_ns, [CLI, "serve", str(plan_dir), "--host", "127.0.0.1",
                                        "--port", str(PORT), "--token", "bench"])  # fmt: skip
-    address = link.edge_address(PORT)
-    time.sleep(0.5)
-    run = link.start(link.device_ns, [CLI, "run", str(plan_dir), "--edge", address, "--token",
-                                      "bench", "--requests", str(REQUESTS), "--timeout-s", "10",
-                                      "--json"])  # fmt: skip
-    quota.add(run.pid)
-    out, err = run.communicate(timeout=300)
-    server.kill()
-    server.wait()
+    try:
+        address = link.edge_address(PORT)
+        time.sleep(0.5)
+        run = link.start(link.device_ns, [CLI, "run", str(plan_dir), "--edge", address,
+                                          "--token", "bench", "--requests", str(REQUESTS),
+                                          "--timeout-s", "10", "--json"])  # fmt: skip
+        quota.add(run.pid)
+        out, err = run.communicate(timeout=300)
+    finally:  # the next placement binds the same port
+        server.kill()
+        server.wait()
     if run.returncode != 0:
         raise RuntimeError(err.decode())
     return json.loads(out)  # type: ignore[no-any-return]

@@ -3,6 +3,7 @@ tokens, and the edge stopping mid-stream."""
 
 from __future__ import annotations
 
+import json
 import struct
 import subprocess
 import time
@@ -16,7 +17,7 @@ import pytest
 
 from crosslevel.distributed.client import DeviceClient
 from crosslevel.distributed.partition import load_plan, plan_partition, write_plan
-from crosslevel.distributed.server import start_server
+from crosslevel.distributed.server import plan_id, start_server
 from crosslevel.distributed.transport import INFER, MAGIC, MessageError, TensorSpec, decode, encode
 from crosslevel.errors import UsageError
 from crosslevel.hardware.devices import get_device, get_link
@@ -47,7 +48,7 @@ def plan(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def edge(plan: dict[str, Any]) -> Iterator[tuple[int, Any]]:
     server, port, service = start_server(plan, TOKEN, max_message_bytes=1 << 20)
     yield port, service
-    server.stop(0)
+    server.stop(0).wait(5)
 
 
 def _inputs(plan: dict[str, Any], seed: int) -> list[np.ndarray]:
@@ -66,16 +67,33 @@ def _close(a: np.ndarray, ref: np.ndarray) -> None:
 def test_split_over_loopback_equals_whole_model(plan: dict[str, Any], edge: Any) -> None:
     port, service = edge
     client = DeviceClient(plan, f"127.0.0.1:{port}", TOKEN)
-    client.check_plan()
-    for i in range(5):
-        x = _inputs(plan, i)
-        answer = client.infer(f"r{i}", x)
-        assert answer.where == "split"
-        _close(answer.outputs[0], _reference(plan, x)[0])
+    try:
+        client.check_plan()
+        for i in range(5):
+            x = _inputs(plan, i)
+            answer = client.infer(f"r{i}", x)
+            assert answer.where == "split"
+            _close(answer.outputs[0], _reference(plan, x)[0])
+        stats = client.stats.summary()
+    finally:
+        client.close()
     assert service.served == 5
-    stats = client.stats.summary()
     assert stats["split_calls"] == 5 and stats["measured_mbps_median"] > 0
-    client.close()
+
+
+def test_unreachable_edge_and_bad_ports_are_clear_errors(plan: dict[str, Any], edge: Any) -> None:
+    port, _ = edge
+    client = DeviceClient(plan, "127.0.0.1:1", TOKEN, timeout_s=0.5)  # nothing listens there
+    try:
+        with pytest.raises(UsageError, match="cannot ask the edge"):
+            client.check_plan()
+        assert client.infer("r0", _inputs(plan, 0)).where == "local"
+    finally:
+        client.close()
+    with pytest.raises(UsageError, match="not in 0..65535"):
+        start_server(plan, TOKEN, port=70000)
+    with pytest.raises(UsageError, match="cannot listen"):  # in use: no silent port sharing
+        start_server(plan, TOKEN, port=port)
 
 
 def _raw_call(port: int, message: bytes, token: str = TOKEN) -> bytes:
@@ -94,8 +112,8 @@ def _cut_tensors(plan: dict[str, Any], **replace: np.ndarray) -> dict[str, np.nd
     return tensors
 
 
-def _good_message(plan: dict[str, Any]) -> bytes:
-    return encode("ok", _cut_tensors(plan))
+def _good_message(plan: dict[str, Any], served_plan: str | None = None) -> bytes:
+    return encode("ok", _cut_tensors(plan), extra={"plan_id": served_plan or plan_id(plan)})
 
 
 def _bad_messages(plan: dict[str, Any]) -> list[bytes]:
@@ -105,7 +123,11 @@ def _bad_messages(plan: dict[str, Any]) -> list[bytes]:
     wrong_dtype = encode("x", _cut_tensors(plan, first=np.zeros(spec["shape"], np.float64)))
     wrong_name = encode("x", {"evil": np.zeros(spec["shape"], np.float32)})
     huge_header = MAGIC + struct.pack("<I", 2**31) + b"{}"
+    deep = b"[" * 60_000  # json's recursion limit, inside the 64 KiB header limit
+    huge_int = b'{"id": "x", "tensors": [], "n": ' + b"9" * 5000 + b"}"  # int digit limit
     return [
+        MAGIC + struct.pack("<I", len(deep)) + deep,
+        MAGIC + struct.pack("<I", len(huge_int)) + huge_int,
         b"",
         b"garbage",
         good[:-7],
@@ -128,10 +150,13 @@ def test_bad_messages_rejected_and_server_keeps_serving(plan: dict[str, Any], ed
     with pytest.raises(grpc.RpcError) as info:
         _raw_call(port, b"\x00" * (2 << 20))  # over the 1 MiB limit
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+    with pytest.raises(grpc.RpcError) as info:  # right tensors, another plan's id
+        _raw_call(port, _good_message(plan, served_plan="0" * 16))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
     reply = _raw_call(port, _good_message(plan))
     specs = [TensorSpec.from_json(s) for s in plan["links"][0]["returned"]]
     assert decode(reply, specs)[0] == "ok"
-    assert service.rejected == len(_bad_messages(plan)) and service.served == 1
+    assert service.rejected == len(_bad_messages(plan)) + 1 and service.served == 1
 
 
 def test_decode_names_the_problem(plan: dict[str, Any]) -> None:
@@ -147,6 +172,18 @@ def test_decode_names_the_problem(plan: dict[str, Any]) -> None:
     assert decode(packed, specs)[1][specs[0].name].dtype == np.float32
 
 
+def test_int8_tensor_is_never_dequantized() -> None:
+    """A header claiming an int8 tensor was compressed from float32 does not change its
+    dtype: only tensors the plan declares float32 may arrive compressed."""
+    spec = TensorSpec("a", (2,), "int8")
+    entry = {"name": "a", "shape": [2], "dtype": "int8", "offset": 0, "nbytes": 2}
+    entry.update(orig_dtype="float32", scale=0.5, zero_point=0)
+    header = json.dumps({"id": "x", "tensors": [entry]}).encode()
+    message = MAGIC + struct.pack("<I", len(header)) + header + bytes([3, 4])
+    got = decode(message, [spec])[1]["a"]
+    assert got.dtype == np.int8 and got.tolist() == [3, 4]
+
+
 def test_bad_token_refused(plan: dict[str, Any], edge: Any) -> None:
     port, service = edge
     with pytest.raises(grpc.RpcError) as info:
@@ -160,30 +197,38 @@ def test_bad_token_refused(plan: dict[str, Any], edge: Any) -> None:
 
 
 def test_edge_stops_mid_stream_every_request_answered_once(plan: dict[str, Any]) -> None:
-    server, port, _ = start_server(plan, TOKEN)
+    server, port, first = start_server(plan, TOKEN)
+    second = None
     client = DeviceClient(plan, f"127.0.0.1:{port}", TOKEN, timeout_s=1.0, retry_s=0.2)
     answers = []
-    for i in range(24):
-        if i == 8:
-            server.stop(0)  # the edge goes away mid-stream
-        if i == 16:
-            server, port2, _ = start_server(plan, TOKEN, port=port)  # and comes back
-            assert port2 == port
-            time.sleep(0.3)
-        x = _inputs(plan, i)
-        answer = client.infer(f"r{i}", x)
-        _close(answer.outputs[0], _reference(plan, x)[0])
-        answers.append(answer)
-        time.sleep(0.03)
-    server.stop(0)
-    client.close()
+    try:
+        for i in range(24):
+            if i == 8:
+                server.stop(0).wait(5)  # the edge goes away mid-stream
+            if i == 16:
+                server, port2, second = start_server(plan, TOKEN, port=port)  # and comes back
+                assert port2 == port
+                time.sleep(0.3)
+            x = _inputs(plan, i)
+            answer = client.infer(f"r{i}", x)
+            _close(answer.outputs[0], _reference(plan, x)[0])
+            answers.append(answer)
+            time.sleep(0.03)
+    finally:
+        server.stop(0).wait(5)
+        client.close()
     ids = [a.request_id for a in answers]
-    assert ids == [f"r{i}" for i in range(24)]  # each answered exactly once, in order
+    assert ids == [f"r{i}" for i in range(24)]  # each answered, in order
     where = [a.where for a in answers]
     assert set(where[:8]) == {"split"}
     assert set(where[8:16]) == {"local"}
     assert "split" in where[16:]  # splitting resumed once the edge returned
     assert where[-1] == "split"
+    # Never answered twice: every request the edges computed is one the device took as
+    # split; none of them was also (or instead) answered locally.
+    assert second is not None
+    assert first.served == 8 and second.served == where[16:].count("split")
+    assert client.stats.local_runs == where.count("local")
 
 
 def test_tls_with_a_self_signed_certificate(plan: dict[str, Any], tmp_path: Path) -> None:

@@ -102,8 +102,12 @@ def test_cpu_quota_slows_a_process() -> None:
         waiting = "import sys\nsys.stdin.readline()\n" + code
         proc = subprocess.Popen([sys.executable, "-c", waiting], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, text=True)  # fmt: skip
-        quota.add(proc.pid)
-        out, _ = proc.communicate("\n", timeout=60)
+        try:
+            quota.add(proc.pid)
+            out, _ = proc.communicate("\n", timeout=60)
+        finally:
+            proc.kill()  # by its own pid; a no-op once it has exited
+            proc.wait()
         path = quota.path
     assert float(out) / base > 0.6 / 0.25  # about 4x slower (other load only adds to base)
     assert not Path(path).exists()  # the cgroup is removed

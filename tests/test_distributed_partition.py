@@ -164,6 +164,9 @@ def _written_plan(digits: Graph, tmp_path: Path) -> Path:
         lambda d: d["inputs"][0].update(shape=[2**20, 2**20]),
         lambda d: d.update(tiers="nope"),
         lambda d: d["tiers"][1].update(role="cloud"),
+        lambda d: d["inputs"][0].update(shape=[2**70]),  # beyond int64: no OverflowError
+        lambda d: d.update(tiers=5),
+        lambda d: d["links"][0]["tensors"][0].update(name="ghost"),  # nobody produces it
     ],
 )
 def test_hostile_plans_get_one_clear_error(digits: Graph, tmp_path: Path, mutate: object) -> None:
@@ -175,10 +178,29 @@ def test_hostile_plans_get_one_clear_error(digits: Graph, tmp_path: Path, mutate
         load_plan(path)
 
 
-def test_plan_that_is_not_json(tmp_path: Path) -> None:
-    (tmp_path / "plan.json").write_bytes(b"\x00\xff{not json")
+@pytest.mark.parametrize("data", [b"\x00\xff{not json", b"[" * 100_000, b"9" * 5000])
+def test_plan_that_is_not_json(tmp_path: Path, data: bytes) -> None:
+    (tmp_path / "plan.json").write_bytes(data)  # garbage, deep nesting, a huge integer
     with pytest.raises(InvalidModelError, match="not JSON"):
         load_plan(tmp_path)
+
+
+def test_plan_cannot_point_at_models_outside_its_folder(digits: Graph, tmp_path: Path) -> None:
+    folder = tmp_path / "plan"
+    path = _written_plan(digits, folder)
+    doc = json.loads(path.read_text())
+    # A private key in the file must not name a model to load (load_plan sets it itself).
+    doc["tiers"][1].update(model_file=None, _path=str(folder / "model.onnx"))
+    path.write_text(json.dumps(doc))
+    assert "_path" not in load_plan(path)["tiers"][1]
+    # A symlink with the right digest but pointing out of the folder is refused.
+    model = folder / "tier0_device.onnx"
+    outside = tmp_path / "elsewhere.onnx"
+    outside.write_bytes(model.read_bytes())
+    model.unlink()
+    model.symlink_to(outside)
+    with pytest.raises(InvalidModelError, match="outside the plan folder"):
+        load_plan(path)
 
 
 def test_partition_cli(tmp_path: Path) -> None:

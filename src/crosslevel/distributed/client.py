@@ -2,12 +2,12 @@
 
 ``DeviceClient.infer`` answers every request exactly once. It runs the device part, sends
 the cut tensors to the edge with a deadline and merges the edge's outputs; if the edge is
-unreachable, times out or answers with a malformed message, it runs the whole model
-locally instead (the edge is stateless, so the local answer is the only one the caller
-sees) and skips the edge until ``retry_s`` has passed, then tries again: splitting
-resumes when the edge returns. A refused token is a configuration error, not an outage:
-it raises. Each split call measures the link: bytes both ways over the round trip minus
-the edge's own compute time.
+unreachable, times out, serves a different plan or answers with a malformed message, it
+runs the whole model locally instead (the edge is stateless, so the local answer is the
+only one the caller sees) and skips the edge until ``retry_s`` has passed, then tries
+again: splitting resumes when the edge returns. A refused token is a configuration
+error, not an outage: it raises. Each split call measures the link: bytes both ways over
+the round trip minus the edge's own compute time.
 """
 
 from __future__ import annotations
@@ -85,6 +85,7 @@ class DeviceClient:
         from crosslevel.runtime.ort import make_session
 
         self.plan = plan
+        self.plan_id = plan_id(plan)
         self.head = TierRunner(plan, 0, last=0)
         self.whole = make_session(Path(plan["_whole"]))
         self.inputs = [s["name"] for s in plan["inputs"]]
@@ -111,9 +112,17 @@ class DeviceClient:
         self.channel.close()
 
     def check_plan(self) -> None:
-        """Ask the edge which plan it serves; refuse a mismatch (UsageError)."""
-        reply = self._info(b"", timeout=self.timeout_s, metadata=self.metadata)
-        if json.loads(reply).get("plan_id") != plan_id(self.plan):
+        """Ask the edge which plan it serves; an unreachable edge, a refused token, a
+        malformed reply or a different plan is one UsageError."""
+        try:
+            reply = self._info(b"", timeout=self.timeout_s, metadata=self.metadata)
+            served = json.loads(reply).get("plan_id")
+        except grpc.RpcError as exc:
+            code = exc.code() if isinstance(exc, grpc.Call) else None
+            raise UsageError(f"cannot ask the edge for its plan: {code}") from None
+        except (ValueError, RecursionError, AttributeError):  # not JSON, or not an object
+            raise UsageError("the edge answered its plan id with a malformed reply") from None
+        if served != self.plan_id:
             raise UsageError("the edge serves a different partition plan")
 
     def infer(self, request_id: str, inputs: list[np.ndarray]) -> Answer:
@@ -140,7 +149,8 @@ class DeviceClient:
 
     def _split(self, request_id: str, inputs: list[np.ndarray]) -> list[np.ndarray] | None:
         values = self.head.run(dict(zip(self.inputs, inputs, strict=True)))
-        message = encode(request_id, {n: values[n] for n in self.sent}, self.compress)
+        cut = {n: values[n] for n in self.sent}
+        message = encode(request_id, cut, self.compress, extra={"plan_id": self.plan_id})
         sent_at = time.perf_counter()
         try:
             reply = self._infer(message, timeout=self.timeout_s, metadata=self.metadata)
@@ -165,7 +175,9 @@ class DeviceClient:
 
     def _measure(self, nbytes: int, round_trip_s: float, compute_ms: Any) -> None:
         self.stats.split_calls += 1
-        edge_s = float(compute_ms) / 1e3 if isinstance(compute_ms, int | float) else 0.0
+        # The edge's own compute time comes from the (untrusted) reply: use it only if sane.
+        sane = isinstance(compute_ms, int | float) and 0 <= compute_ms < round_trip_s * 1e3
+        edge_s = float(compute_ms) / 1e3 if sane else 0.0
         wire_s = max(round_trip_s - edge_s, 1e-6)
         self.stats.rtt_ms.append(wire_s * 1e3)
         self.stats.mbps.append(nbytes * 8 / wire_s / 1e6)

@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -43,10 +44,6 @@ def _tiers_and_links(tiers: str, link: str) -> tuple[list[str], list[Any], list[
     if sorted(links) != sorted(want):
         raise UsageError(f"--link must name exactly {', '.join(want)}")
     return roles, [get_device(t[r]) for r in roles], [get_link(links[k]) for k in want]
-
-
-def _json_ready(plan: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in plan.items() if not k.startswith("_")}
 
 
 def partition_command(
@@ -91,7 +88,7 @@ def partition_command(
         ram = ram if ram is not None else devices[0].memory_bytes or None
         flash = devices[0].flash_bytes
     loaded = load_model(model)
-    with console.status("partitioning", spinner="dots") if not as_json else _nullcontext():
+    with console.status("partitioning", spinner="dots") if not as_json else nullcontext():
         result = plan_partition(
             loaded.graph, roles, devices, links, objective, ram, flash, compress_int8, model
         )
@@ -112,14 +109,6 @@ def partition_command(
         f"{result.plan['fidelity']['top1_agreement']:.0%} (fidelity)"
     )
     console.print(f"wrote {out}/plan.json and the per-tier ONNX models")
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *args: object) -> None:
-        return None
 
 
 def _plan_table(plan: dict[str, Any]) -> Table:
@@ -151,7 +140,14 @@ def _read_tls(cert: Path | None, key: Path | None) -> tuple[bytes, bytes] | None
         return None
     if cert is None or key is None:
         raise UsageError("TLS needs both --tls-cert and --tls-key")
-    return key.read_bytes(), cert.read_bytes()
+    return _read_file(key, "--tls-key"), _read_file(cert, "--tls-cert")
+
+
+def _read_file(path: Path, option: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{option} {path}: {exc.strerror or exc}") from None
 
 
 def serve_command(
@@ -172,7 +168,7 @@ def serve_command(
     doc = load_plan(plan)
     secret = token or secrets.token_urlsafe(16)
     server, bound, service = start_server(doc, secret, port, host, _read_tls(tls_cert, tls_key))
-    console.print(f"serving {doc['model']} edge part on {host}:{bound}", highlight=False)
+    console.print(f"serving {doc.get('model', plan)} edge part on {host}:{bound}", highlight=False)
     if token is None:
         console.print(f"token: {secret}", highlight=False)
     sys.stdout.flush()
@@ -182,7 +178,7 @@ def serve_command(
         stop.wait()
     except KeyboardInterrupt:
         pass
-    server.stop(1)
+    server.stop(1).wait(5)
     console.print(f"served {service.served}, refused {service.rejected}")
 
 
@@ -205,16 +201,18 @@ def run_command(
     if role != "device":
         raise UsageError("run takes --role device")
     doc = load_plan(plan)
-    root = None if tls_root is None else tls_root.read_bytes()
+    root = None if tls_root is None else _read_file(tls_root, "--tls-root")
     client = DeviceClient(doc, edge, token, timeout_s=timeout_s, tls_root=root)
     rng = np.random.default_rng(0)
     answers = []
-    for i in range(requests):
-        x = [rng.standard_normal(s["shape"]).astype(s["dtype"]) for s in doc["inputs"]]
-        answers.append(client.infer(f"req-{i}", x))
-        if interval_s > 0:
-            time.sleep(interval_s)
-    client.close()
+    try:
+        for i in range(requests):
+            x = [rng.standard_normal(s["shape"]).astype(s["dtype"]) for s in doc["inputs"]]
+            answers.append(client.infer(f"req-{i}", x))
+            if interval_s > 0:
+                time.sleep(interval_s)
+    finally:
+        client.close()
     result = {
         "requests": requests,
         "answered": len({a.request_id for a in answers}),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -30,6 +31,7 @@ from typing import Any
 
 SUBNET = "10.213"
 PROBE_PORT = 47001
+_LINKS = itertools.count()  # tags stay unique when one process makes several links
 
 
 def available() -> str | None:
@@ -61,8 +63,9 @@ class EmulatedLink:
 
     rate_mbit: float
     rtt_ms: float = 0.0
-    tag: str = field(default_factory=lambda: f"{os.getpid() % 100000}")
+    tag: str = field(default_factory=lambda: f"{os.getpid() % 100000}x{next(_LINKS)}")
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    proxied: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         if not 0.01 <= self.rate_mbit <= 10000 or not 0 <= self.rtt_ms <= 5000:
@@ -70,6 +73,8 @@ class EmulatedLink:
         self.device_ns = f"clx-dev-{self.tag}"
         self.edge_ns = f"clx-edge-{self.tag}"
         self.veth = (f"clxd{self.tag}", f"clxe{self.tag}")
+        if len(self.veth[0]) > 15:  # IFNAMSIZ - 1
+            raise ValueError(f"tag {self.tag!r} is too long for an interface name")
         block = _free_block()
         base = f"{SUBNET}.{block // 64}.{(block % 64) * 4}"
         prefix = base.rsplit(".", 1)[0]
@@ -117,6 +122,8 @@ class EmulatedLink:
         self.procs.clear()
         for ns in (self.device_ns, self.edge_ns):
             _sh("ip", "netns", "delete", ns, check=False)
+        # If creation failed before the veth moved into a namespace, it is still here.
+        _sh("ip", "link", "delete", self.veth[0], check=False)
 
     # ----- running things ----------------------------------------------------------
     def ns(self, ns: str, *argv: str) -> subprocess.CompletedProcess[str]:
@@ -139,6 +146,9 @@ class EmulatedLink:
         if self.rtt_ms <= 0:
             return f"{self.edge_ip}:{port}"
         proxy_port = port + 1
+        if port in self.proxied:  # one proxy per port, reused by later servers on it
+            return f"{self.edge_ip}:{proxy_port}"
+        self.proxied.add(port)
         argv = [sys.executable, "-m", __name__, "proxy", self.edge_ip, str(proxy_port)]
         self.start(self.edge_ns, [*argv, "127.0.0.1", str(port), str(self.rtt_ms)])
         _wait_listening(self, self.edge_ns, self.edge_ip, proxy_port)
@@ -209,7 +219,8 @@ class CpuQuota:
         self._write("cgroup.procs", str(pid))
 
     def __exit__(self, *exc: object) -> None:
-        with open(f"{self.path}/cgroup.procs") as f:
+        pids: list[str] = []
+        with contextlib.suppress(OSError), open(f"{self.path}/cgroup.procs") as f:
             pids = f.read().split()
         for pid in pids:
             with contextlib.suppress(OSError), open(f"{CPU_CGROUP}/cgroup.procs", "w") as f:
@@ -283,13 +294,16 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dela
             await writer.drain()
 
     task = asyncio.ensure_future(pump())
-    while True:
-        data = await reader.read(1 << 16)
-        await queue.put((time.monotonic() + delay_s, data))
-        if not data:
-            break
-    with contextlib.suppress(Exception):
-        await task
+    try:
+        while True:
+            data = await reader.read(1 << 16)
+            await queue.put((time.monotonic() + delay_s, data))
+            if not data:
+                break
+    finally:  # a reset connection ends the pump too, so the other side sees EOF
+        queue.put_nowait((time.monotonic(), b""))
+        with contextlib.suppress(Exception):
+            await task
 
 
 async def _proxy(host: str, port: int, to_host: str, to_port: int, rtt_ms: float) -> None:

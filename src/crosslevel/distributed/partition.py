@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ import onnx
 
 from crosslevel.distributed.problem import OBJECTIVES, Problem
 from crosslevel.distributed.solvers import solve_chain, solve_ilp, solve_mincut
-from crosslevel.distributed.split import Split, split_graph
+from crosslevel.distributed.split import Split, check_assignment, split_graph
 from crosslevel.errors import InvalidModelError, UsageError
 from crosslevel.hardware.cost_model import predict_latency
 from crosslevel.hardware.devices import Device, Link
@@ -220,6 +221,7 @@ def plan_partition(
 
     problem = build_problem(graph, devices, links, objective, ram_limit, flash_limit, compress_int8)
     if assignment is not None:
+        check_assignment(graph, assignment, problem.n_tiers)  # before costing it
         tier_of, value, method = assignment, problem.cost(assignment), "given"
     else:
         tier_of, value, method = solve(problem)
@@ -345,9 +347,10 @@ def _check_spec(spec: Any, where: str) -> dict[str, Any]:
         raise _fail(where, "name must be a non-empty string")
     if not isinstance(shape, list) or len(shape) > 8:
         raise _fail(where, "shape must be a list of at most 8 sizes")
-    if not all(isinstance(d, int) and not isinstance(d, bool) and 0 < d for d in shape):
+    ok = (isinstance(d, int) and not isinstance(d, bool) and 0 < d for d in shape)
+    if not all(ok):
         raise _fail(where, f"shape {shape!r} must hold positive integers")
-    if int(np.prod(shape, dtype=np.int64)) > MAX_TENSOR_ELEMENTS:
+    if math.prod(shape) > MAX_TENSOR_ELEMENTS:  # Python ints: no int64 overflow
         raise _fail(where, f"shape {shape!r} is larger than {MAX_TENSOR_ELEMENTS} elements")
     if dtype not in DTYPE_BYTES:
         raise _fail(where, f"unknown dtype {dtype!r}")
@@ -360,6 +363,8 @@ def _safe_file(folder: Path, name: Any, where: str) -> Path:
     path = folder / name
     if not path.is_file():
         raise _fail(where, f"model file {path} does not exist")
+    if path.resolve().parent != folder.resolve():  # a symlink out of the folder
+        raise _fail(where, f"model file {name!r} resolves outside the plan folder")
     return path
 
 
@@ -372,10 +377,11 @@ def load_plan(path: Path) -> dict[str, Any]:
         raise _fail(str(path), f"larger than {MAX_PLAN_BYTES} bytes")
     try:
         doc = json.loads(path.read_bytes())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad UTF-8/JSON, deep nesting, huge ints
         raise _fail(str(path), f"not JSON ({exc})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise _fail(str(path), f"'format' must be {FORMAT!r}")
+    _drop_private(doc)
     for key in ("inputs", "outputs", "tiers", "links"):
         if not isinstance(doc.get(key), list):
             raise _fail(key, "must be a list")
@@ -395,11 +401,48 @@ def load_plan(path: Path) -> dict[str, Any]:
                 raise _fail(f"links[{k}].{key}", "must be a list")
             for j, spec in enumerate(link[key]):
                 _check_spec(spec, f"links[{k}].{key}[{j}]")
+    _check_flow(doc)
     doc["_folder"] = str(folder)
     doc["_whole"] = str(_safe_file(folder, doc.get("whole_model_file"), "whole_model_file"))
     if not isinstance(doc.get("compress_int8"), bool):
         raise _fail("compress_int8", "must be true or false")
     return doc
+
+
+def _names(specs: list[dict[str, Any]]) -> set[str]:
+    return {s["name"] for s in specs}
+
+
+def _need(have: set[str], specs: list[dict[str, Any]], where: str) -> None:
+    missing = sorted(_names(specs) - have)
+    if missing:
+        raise _fail(where, f"tensors {missing} are produced by no earlier tier or link")
+
+
+def _check_flow(doc: dict[str, Any]) -> None:
+    """Every tensor a side reads is one it holds: the device has the inputs and its own
+    outputs; the edge (and cloud) has what link 0 brings and what its tiers produce."""
+    tiers, link = doc["tiers"], doc["links"][0]
+    device = _names(doc["inputs"])
+    _need(device, tiers[0]["inputs"], "tiers[0].inputs")
+    device |= _names(tiers[0]["outputs"])
+    _need(device, link["tensors"], "links[0].tensors")
+    edge = _names(link["tensors"])
+    for k in range(1, len(tiers)):
+        _need(edge, tiers[k]["inputs"], f"tiers[{k}].inputs")
+        edge |= _names(tiers[k]["outputs"])
+    _need(edge, link["returned"], "links[0].returned")
+    _need(device | _names(link["returned"]), doc["outputs"], "outputs")
+
+
+def _drop_private(doc: dict[str, Any]) -> None:
+    """Remove ``_``-prefixed keys from the file: only ``load_plan`` may set them (``_path``
+    names a model to load, so a hostile plan must not smuggle one in)."""
+    tiers = doc.get("tiers")
+    objs = [doc, *(t for t in tiers if isinstance(t, dict))] if isinstance(tiers, list) else [doc]
+    for obj in objs:
+        for key in [k for k in obj if isinstance(k, str) and k.startswith("_")]:
+            del obj[key]
 
 
 def _check_tier(tier: Any, k: int, folder: Path) -> None:

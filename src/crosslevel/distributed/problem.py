@@ -159,8 +159,7 @@ class Problem:
         for node in self.graph.nodes:
             t = tier_of[node.name]
             compute[t] += self.node_ms[t][node.name]
-        spans = tensor_tiers(self.graph, tier_of)
-        spans.update({name: (0, 0) for name in self.graph.inputs if name not in spans})
+        spans = tensor_tiers(self.graph, tier_of)  # graph inputs included, held by tier 0
         serial = [0.0] * (self.n_tiers - 1)
         for name in self.readers():
             first, last = spans[name]

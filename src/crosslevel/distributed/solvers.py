@@ -22,7 +22,7 @@ against each other and against brute force over every valid assignment.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from typing import Any
 
 import networkx as nx
 import numpy as np
@@ -52,19 +52,19 @@ def solve_brute(problem: Problem, limit: int = 200_000) -> tuple[Assignment, flo
     return best
 
 
-def solve_chain(problem: Problem) -> tuple[Assignment, float, list[dict[str, float]]]:
+def solve_chain(problem: Problem) -> tuple[Assignment, float, list[dict[str, Any]]]:
     """Neurosurgeon: every split of the node order into contiguous tiers; also the table."""
     names = [n.name for n in problem.graph.nodes]
     k = problem.n_tiers
     best: tuple[Assignment, float] | None = None
-    rows: list[dict[str, float]] = []
+    rows: list[dict[str, Any]] = []
     for cuts in itertools.combinations_with_replacement(range(len(names) + 1), k - 1):
         bounds = [0, *cuts, len(names)]
         tier_of = {n: t for t in range(k) for n in names[bounds[t] : bounds[t + 1]]}
         if not problem.fits(tier_of):
             continue
         value = problem.cost(tier_of)
-        rows.append({"cut": list(cuts), "value": value})  # type: ignore[dict-item]
+        rows.append({"cut": list(cuts), "value": value})
         if best is None or value < best[1] - 1e-12:
             best = (tier_of, value)
     if best is None:
@@ -294,11 +294,3 @@ def _exclude_device_set(m: _Model, vs: _Vars, tier_of: Assignment) -> None:
             row[vs.z[(v, 1)]] = -1.0
             outside += 1
     m.add(row, 1.0 - outside, np.inf)
-
-
-SOLVERS: dict[str, Callable[[Problem], object]] = {
-    "chain": solve_chain,
-    "mincut": solve_mincut,
-    "ilp": solve_ilp,
-    "brute": solve_brute,
-}

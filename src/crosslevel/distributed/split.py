@@ -89,7 +89,7 @@ def _part(
         dict.fromkeys(i for i in read if i not in produced and not graph.tensors[i].is_constant)
     )
     outputs = [o for n in nodes for o in n.outputs if o and (spans[o][1] > k or o in graph.outputs)]
-    used = set(inputs) | produced | {i for i in read}
+    used = produced | set(read)  # activations and constants of this part
     part = Graph(
         name=f"{graph.name}_tier{k}",
         tensors={name: graph.tensors[name] for name in graph.tensors if name in used},

@@ -86,7 +86,7 @@ def _header(message: bytes) -> tuple[dict[str, Any], memoryview]:
         raise MessageError(f"header length {size} is out of range")
     try:
         header = json.loads(bytes(message[8 : 8 + size]))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad UTF-8/JSON, deep nesting, huge ints
         raise MessageError(f"header is not JSON: {exc}") from None
     if not isinstance(header, dict) or not isinstance(header.get("id"), str):
         raise MessageError("header must be an object with a string 'id'")
@@ -130,10 +130,11 @@ def _tensor(
     if not isinstance(shape, list) or tuple(shape) != spec.shape:
         raise MessageError(f"tensor {name!r} has shape {shape!r}, expected {list(spec.shape)}")
     dtype = entry.get("dtype")
-    compressed = entry.get("orig_dtype") == "float32" and dtype == "int8"
-    if dtype not in _DTYPES or (
-        dtype != spec.dtype and not (compressed and spec.dtype == "float32")
-    ):
+    # Only a float32 tensor may arrive int8-compressed; an int8 tensor is never dequantized.
+    compressed = (
+        spec.dtype == "float32" and dtype == "int8" and entry.get("orig_dtype") == "float32"
+    )
+    if dtype not in _DTYPES or (dtype != spec.dtype and not compressed):
         raise MessageError(f"tensor {name!r} has dtype {dtype!r}, expected {spec.dtype}")
     count = int(np.prod(spec.shape, dtype=np.int64))
     nbytes = count * np.dtype(dtype).itemsize
