@@ -22,9 +22,15 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from crosslevel.control.command import _sample
-from crosslevel.control.policy import Policy, write_trace
-from crosslevel.control.replay import TRACE_KINDS, make_trace, replay
+from crosslevel.control.policy import write_trace
+from crosslevel.control.replay import (
+    TRACE_KINDS,
+    compared_policies,
+    default_deadline_ms,
+    make_trace,
+    replay,
+    zero_input,
+)
 from crosslevel.control.variants import load_variants
 
 
@@ -36,9 +42,9 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     variants = load_variants(args.variants)
-    sample = _sample(variants[0].onnx_path)
-    best = max(variants, key=lambda v: (v.accuracy or 1.0, -v.latency_ms))
-    deadline = 1.5 * best.latency_ms
+    sample = zero_input(variants[0].onnx_path)
+    best = max(variants, key=lambda v: (v.served_accuracy, -v.latency_ms))
+    deadline = default_deadline_ms(variants)
     memory = int(1.2 * max(v.memory_bytes for v in variants))
     rows = []
     for kind in TRACE_KINDS:
@@ -46,8 +52,7 @@ def main() -> None:
         if args.traces_dir is not None:
             args.traces_dir.mkdir(parents=True, exist_ok=True)
             write_trace(args.traces_dir / f"{kind}_seed{args.seed}.csv", trace)
-        policies = [Policy(variants, deadline, hold=3, margin=0.2), Policy(variants, deadline)]
-        policies += [Policy(variants, deadline, static=v.name) for v in variants]
+        policies = compared_policies(variants, deadline, hold=3, margin=0.2)
         stats = {p.name: replay(variants, trace, p, sample) for p in policies}
         ours, star = stats["ours"], stats[f"static:{best.name}"]
         bad = ours.deadline_misses + ours.memory_violations

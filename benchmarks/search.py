@@ -31,7 +31,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from crosslevel.search.defaults import DEFAULT_DATA, DEFAULT_MODEL, STM32G031K8
+from crosslevel.hardware.devices import get_device
+from crosslevel.search.defaults import DEFAULT_DATA, DEFAULT_DEVICE, DEFAULT_MODEL
 from crosslevel.search.levels import MemoryLevel, ModelLevel
 from crosslevel.search.objectives import device_demands
 from crosslevel.search.space import Space
@@ -67,7 +68,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
-    device = STM32G031K8
+    device = get_device(DEFAULT_DEVICE)
     demands = device_demands(device)
     model = ModelLevel(DEFAULT_MODEL, DEFAULT_DATA, seeds=args.data_seeds, epochs=args.epochs)
     joint = Space([model, MemoryLevel()])
@@ -99,7 +100,7 @@ def main() -> None:
 
 def print_table(rows: list[dict[str, Any]], args: Any, tol: float, elapsed: float) -> None:
     table = Table(
-        title=f"{DEFAULT_MODEL} on {DEFAULT_DATA}, {STM32G031K8.name}: hypervolume at "
+        title=f"{DEFAULT_MODEL} on {DEFAULT_DATA}, {DEFAULT_DEVICE}: hypervolume at "
         f"{args.budget} evaluated combinations per search ({args.sampler})"
     )
     for col in ("seed", "search", "evaluated", "feasible", "hypervolume", "vs joint",

@@ -136,6 +136,13 @@ def test_variants_file_is_checked(tmp_path: Path) -> None:
     path.write_text(json.dumps({"format": "other"}))
     with pytest.raises(InvalidModelError, match="format"):
         load_variants(path)
+    for hostile in ("[" * 100_000, "1" * 5_000, '{"format": 1e999999}'):
+        path.write_text(hostile)  # nesting depth, huge integer, infinite float
+        with pytest.raises(InvalidModelError):
+            load_variants(path)
+    path.write_bytes(b"\xff\xfe{}")
+    with pytest.raises(InvalidModelError):
+        load_variants(path)
 
 
 def test_trace_round_trip_and_bad_rows(tmp_path: Path) -> None:
@@ -162,3 +169,73 @@ def test_adapt_replays_every_policy(tmp_path: Path) -> None:
     assert by["ours"]["deadline_misses"] <= by["static:a"]["deadline_misses"]
     assert by["ours"]["mean_accuracy"] >= by["static:c"]["mean_accuracy"]
     assert by["ours"]["decision_us_median"] < 1000
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("accuracy", 5, "accuracy must be an object"),
+        ("accuracy", {"mean": float("nan")}, "finite"),
+        ("accuracy", {"mean": 97.0}, "fraction"),
+        ("peak_ram_bytes", float("inf"), "finite"),
+        ("latency_ms", {"value": -1.0}, "non-negative"),
+        ("model_files", {"onnx": "a\x00.onnx"}, "not a file inside"),
+        ("model_files", {"onnx": "/etc/hostname"}, "not a file inside"),
+    ],
+)
+def test_hostile_variant_fields_end_in_one_error(
+    tmp_path: Path, field: str, value: object, message: str
+) -> None:
+    path = write_variants(tmp_path, [("a", 0.9, 1.0, 10)])
+    doc = json.loads(path.read_text())
+    doc["variants"][0][field] = value
+    path.write_text(json.dumps(doc))  # NaN and Infinity as json.dumps writes them
+    with pytest.raises(InvalidModelError, match=message):
+        load_variants(path)
+
+
+def test_trace_with_infinite_values_or_time_going_back_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    write_trace(path, make_trace("battery_drain", 0, 10_000, ticks=5))
+    lines = path.read_text().splitlines()
+    head, first, second = lines[0], lines[1].split(","), lines[2].split(",")
+    first[2] = "inf"  # mem_available_bytes: int(inf) would overflow
+    path.write_text("\n".join([head, ",".join(first)]) + "\n")
+    with pytest.raises(InvalidModelError, match="row 2: value out of range"):
+        read_trace(path)
+    second[0] = "-1"
+    path.write_text("\n".join([head, lines[1], ",".join(second)]) + "\n")
+    with pytest.raises(InvalidModelError, match="back in time"):
+        read_trace(path)
+
+
+def test_adapt_usage_and_input_errors_have_their_exit_codes(tmp_path: Path) -> None:
+    path = write_variants(tmp_path, [("a", 0.99, 4.0, 100), ("b", 0.9, 1.0, 100)])
+    runner = CliRunner()
+    bad_options = (["--deadline-ms", "-1"], ["--deadline-ms", "nan"], ["--margin", "1.5"],
+                   ["--hold", "-2"], ["--trace-kind", "nosuch"], ["--latency", "x"])  # fmt: skip
+    for bad in bad_options:
+        result = runner.invoke(app, ["adapt", str(path), *bad])
+        assert result.exit_code == 2, (bad, result.output)
+    result = runner.invoke(app, ["adapt", str(path), "--write-trace", str(tmp_path / "no/t.csv")])
+    assert result.exit_code == 2 and "--write-trace" in result.output
+    trace = tmp_path / "bad.csv"
+    trace.write_text("t_s,cpu_load\n0,0.5\n")
+    result = runner.invoke(app, ["adapt", str(path), "--trace", str(trace)])
+    assert result.exit_code == 4 and "columns" in result.output
+    (tmp_path / "a.onnx").write_bytes(b"\x08\x01garbage" * 20)
+    result = runner.invoke(app, ["adapt", str(path)])
+    assert result.exit_code == 4 and "ONNX Runtime cannot load" in result.output
+
+
+def test_adapt_json_is_strict_json_when_a_policy_never_switches(tmp_path: Path) -> None:
+    path = write_variants(tmp_path, [("a", 0.99, 4.0, 100), ("b", 0.9, 1.0, 100)])
+    result = CliRunner().invoke(app, ["adapt", str(path), "--json", "--trace-kind",
+                                      "battery_drain"])  # fmt: skip
+
+    def no_constants(name: str) -> None:
+        raise AssertionError(f"non-standard JSON constant {name}")
+
+    doc = json.loads(result.stdout, parse_constant=no_constants)
+    static = [p for p in doc["policies"] if p["policy"].startswith("static:")]
+    assert static and all(p["switches"] == 0 and p["switch_ms_max"] is None for p in static)

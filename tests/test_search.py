@@ -157,7 +157,7 @@ def test_resumed_study_continues_without_repeating_finished_trials(tmp_path: Pat
     space, _ = make_space()
     first_eval = CountingEvaluator(space)
     first = run_search(space, first_eval, Settings(budget=8, study_path=db), {"t": 4})
-    space2, _ = make_space()  # as a new process would: nothing cached
+    space2, model2 = make_space()  # as a new process would: nothing cached
     second_eval = CountingEvaluator(space2)
     second = run_search(space2, second_eval, Settings(budget=20, study_path=db), {"t": 4})
     assert len(first.records) == 8 and second.resumed_from == 8
@@ -169,6 +169,8 @@ def test_resumed_study_continues_without_repeating_finished_trials(tmp_path: Pat
     assert first_eval.evaluated and second_eval.evaluated
     assert not finished & set(second_eval.evaluated)  # nothing finished is evaluated again
     assert len(set(second_eval.evaluated)) == len(second_eval.evaluated)
+    assert (0, 0) not in model2.exact_calls  # the baseline is kept in the study, not re-run
+    assert second.baseline.values == first.baseline.values
 
 
 def test_interrupted_trials_are_failed_and_the_search_goes_on(tmp_path: Path) -> None:
@@ -244,3 +246,40 @@ def test_unknown_knob_is_a_usage_error() -> None:
     space, _ = make_space()
     with pytest.raises(UsageError, match="unknown knobs"):
         space.build({"model.nope": 1}, exact=False)
+
+
+def _study_with_one_trial(db: Path, fingerprint: dict[str, int], params: dict[str, int],
+                          values: list[float]) -> None:  # fmt: skip
+    """A study file holding one finished trial that claims to be feasible and measured."""
+    from optuna.distributions import CategoricalDistribution
+
+    study = optuna.create_study(storage=f"sqlite:///{db}", study_name=STUDY_NAME,
+                                directions=["minimize"] * 4)  # fmt: skip
+    study.set_user_attr("fingerprint", fingerprint)
+    choices = make_space()[0].params()  # the space's distributions, as a real run stores
+    study.enqueue_trial(params)
+    trial = study.ask({k: CategoricalDistribution(choices.get(k, (v,))) for k, v in params.items()})
+    for key, value in (("stage", "measured"), ("feasible", True), ("figures", {})):
+        trial.set_user_attr(key, value)
+    study.tell(trial, values)
+
+
+def test_a_stored_trial_outside_the_space_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "study.db"
+    _study_with_one_trial(db, {"t": 8}, {"model.nope": 1}, [0.0, 1.0, 1.0, 1.0])
+    space, _ = make_space()
+    with pytest.raises(UsageError, match="does not belong to this search"):
+        run_search(space, Evaluator(space, DEMANDS, None), Settings(budget=2, study_path=db),
+                   {"t": 8})  # fmt: skip
+
+
+def test_feasibility_of_stored_trials_is_recomputed_not_trusted(tmp_path: Path) -> None:
+    db = tmp_path / "study.db"
+    params = {"model.q": 0, "model.w": 0, "memory.t": 0}
+    _study_with_one_trial(db, {"t": 9}, params, [0.0, 10.0, 800.0, 1000.0])  # misses RAM
+    space, _ = make_space()
+    res = run_search(space, Evaluator(space, DEMANDS, None), Settings(budget=3, study_path=db),
+                     {"t": 9})  # fmt: skip
+    stored = next(r for r in res.records if r.params == params)
+    assert res.resumed_from == 1 and not stored.feasible
+    assert all(all(meets(r.values, DEMANDS).values()) for r in res.feasible_front())

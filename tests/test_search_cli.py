@@ -126,6 +126,7 @@ def test_report_is_valid_html_and_its_numbers_equal_result_json(run: tuple[Path,
         assert json.loads(value) == lookup(doc, key), key
     keys = {k for k, _ in parser.cells}
     assert "hypervolume.joint" in keys and "chosen.objectives.latency_ms" in keys
+    assert "hypervolume.points.joint" in keys  # the count beside each hypervolume
     assert all(f"layers.{i}.macs" in keys for i in range(len(doc["layers"])))
 
 

@@ -61,3 +61,19 @@ def test_bad_inputs_end_in_one_clear_error(tmp_path: Path) -> None:
     result = runner.invoke(app, ["optimize", str(bad), "--data", "digits"])
     assert result.exit_code == 2 and "--data needs a zoo model" in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_bad_demands_are_usage_errors(tmp_path: Path) -> None:
+    for bad in (["--max-latency-ms", "nan"], ["--max-ram-kb", "-1"], ["--max-flash-kb", "inf"],
+                ["--max-accuracy-drop", "-0.5"], ["--max-ram-kb", "0"],
+                ["--time-budget", "nan"]):  # fmt: skip
+        result = runner.invoke(app, ["optimize", *TINY, *bad, "-o", str(tmp_path / "o")])
+        assert result.exit_code == 2, (bad, result.output)
+        assert bad[0] in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_time_budget_too_short_for_any_trial_is_not_called_infeasible(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["optimize", *TINY, "--time-budget", "1e-6", "-o", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert "no candidate was evaluated" in result.output and "time budget" in result.output

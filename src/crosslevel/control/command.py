@@ -7,23 +7,23 @@ import math
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from crosslevel.control.policy import Policy, read_trace, write_trace
-from crosslevel.control.replay import TRACE_KINDS, ReplayStats, make_trace, measure_here, replay
-from crosslevel.control.variants import load_variants
+from crosslevel.control.policy import Context, read_trace, write_trace
+from crosslevel.control.replay import (
+    TRACE_KINDS,
+    ReplayStats,
+    compared_policies,
+    default_deadline_ms,
+    make_trace,
+    measure_here,
+    replay,
+    zero_input,
+)
+from crosslevel.control.variants import Variant, load_variants
 from crosslevel.errors import UsageError
-from crosslevel.runtime.ort import make_session
-
-
-def _sample(path: Path) -> np.ndarray:
-    """A zero input of the model's shape (dynamic dimensions as 1)."""
-    meta = make_session(path.read_bytes()).get_inputs()[0]
-    shape = [d if isinstance(d, int) and d > 0 else 1 for d in meta.shape]
-    return np.zeros(shape, dtype=np.float32)
 
 
 def adapt_command(
@@ -58,26 +58,16 @@ def adapt_command(
     Reports deadline misses, memory-limit violations, accuracy served, decision time and
     switch time (session creation included). CPU contention is modelled from the trace.
     """
+    _check_options(deadline_ms, hold, margin, latency, trace_kind if trace is None else None)
     variants = load_variants(variants_file)
-    sample = _sample(variants[0].onnx_path)
-    if latency not in ("device", "host"):
-        raise UsageError("--latency must be device or host")
+    sample = zero_input(variants[0].onnx_path)
     if latency == "host":
         variants = measure_here(variants, sample)
-    if trace is not None:
-        contexts = read_trace(trace)
-    else:
-        if trace_kind not in TRACE_KINDS:
-            raise UsageError(f"--trace-kind must be one of {', '.join(TRACE_KINDS)}")
-        # Room for the largest variant and a little more: not every session stays resident.
-        memory = int(1.2 * max(v.memory_bytes for v in variants))
-        contexts = make_trace(trace_kind, seed, memory)
-        if write_trace_to is not None:
-            write_trace(write_trace_to, contexts)
-    best = max(variants, key=lambda v: (v.accuracy or 1.0, -v.latency_ms))
-    deadline = deadline_ms if deadline_ms is not None else 1.5 * best.latency_ms
-    policies = [Policy(variants, deadline, hold=hold, margin=margin), Policy(variants, deadline)]
-    policies += [Policy(variants, deadline, static=v.name) for v in variants]
+    contexts = _contexts(trace, trace_kind, seed, write_trace_to, variants)
+    deadline = deadline_ms if deadline_ms is not None else default_deadline_ms(variants)
+    if deadline <= 0:
+        raise UsageError("the most accurate variant's latency is 0 ms: give --deadline-ms")
+    policies = compared_policies(variants, deadline, hold, margin)
     stats = [replay(variants, contexts, p, sample) for p in policies]
     if as_json:
         doc = {"deadline_ms": deadline, "ticks": len(contexts),
@@ -85,6 +75,39 @@ def adapt_command(
         typer.echo(json.dumps(doc, indent=2))
         return
     Console(width=160).print(_table(stats, deadline, variants[0].latency_kind))
+
+
+def _check_options(
+    deadline_ms: float | None, hold: int, margin: float, latency: str, trace_kind: str | None
+) -> None:
+    """Usage errors (exit 2) before any file is read."""
+    if deadline_ms is not None and not (math.isfinite(deadline_ms) and deadline_ms > 0):
+        raise UsageError(f"--deadline-ms must be a positive number, got {deadline_ms}")
+    if hold < 0:
+        raise UsageError(f"--hold must be >= 0, got {hold}")
+    if not (0.0 <= margin < 1.0):
+        raise UsageError(f"--margin must be in [0, 1), got {margin}")
+    if latency not in ("device", "host"):
+        raise UsageError("--latency must be device or host")
+    if trace_kind is not None and trace_kind not in TRACE_KINDS:
+        raise UsageError(f"--trace-kind must be one of {', '.join(TRACE_KINDS)}")
+
+
+def _contexts(
+    trace: Path | None, kind: str, seed: int, save_to: Path | None, variants: list[Variant]
+) -> list[Context]:
+    """The replayed trace: read from --trace, or generated (and saved with --write-trace)."""
+    if trace is not None:
+        return read_trace(trace)
+    # Room for the largest variant and a little more: not every session stays resident.
+    memory = int(1.2 * max(v.memory_bytes for v in variants))
+    contexts = make_trace(kind, seed, memory)
+    if save_to is not None:
+        try:
+            write_trace(save_to, contexts)
+        except OSError as exc:
+            raise UsageError(f"cannot write --write-trace {save_to}: {exc}") from exc
+    return contexts
 
 
 def _table(stats: list[ReplayStats], deadline: float, kind: str) -> Table:

@@ -17,11 +17,12 @@ one core, energy per inference is active power x latency.
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from crosslevel.control.variants import Variant
-from crosslevel.errors import InvalidModelError
+from crosslevel.errors import InvalidModelError, UsageError
 
 TRACE_COLUMNS = ("t_s", "cpu_load", "mem_available_bytes", "battery_pct", "bandwidth_mbps",
                  "rtt_ms")  # fmt: skip
@@ -46,17 +47,22 @@ def read_trace(path: str | Path) -> list[Context]:
             rows = list(csv.DictReader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InvalidModelError(f"{path}: unreadable trace: {exc}") from exc
-    if not rows or set(TRACE_COLUMNS) - set(rows[0]):
+    if not rows:
+        raise InvalidModelError(f"{path}: the trace has no rows")
+    if set(TRACE_COLUMNS) - set(rows[0]):
         raise InvalidModelError(f"{path}: a trace needs the columns {', '.join(TRACE_COLUMNS)}")
-    out = []
+    out: list[Context] = []
     for i, row in enumerate(rows):
         try:
             values = [float(row[c]) for c in TRACE_COLUMNS]
         except (TypeError, ValueError) as exc:
             raise InvalidModelError(f"{path}: row {i + 2}: {exc}") from exc
         t, load, mem, battery, bw, rtt = values
-        if not (0 <= load <= 1 and mem >= 0 and 0 <= battery <= 100 and bw >= 0 and rtt >= 0):
+        in_range = 0 <= load <= 1 and mem >= 0 and 0 <= battery <= 100 and bw >= 0 and rtt >= 0
+        if not (in_range and all(math.isfinite(v) for v in values)):  # int(inf) overflows
             raise InvalidModelError(f"{path}: row {i + 2}: value out of range: {row}")
+        if out and t < out[-1].t_s:
+            raise InvalidModelError(f"{path}: row {i + 2}: t_s goes back in time ({t:g} s)")
         out.append(Context(t, load, int(mem), battery, bw, rtt))
     return out
 
@@ -83,10 +89,6 @@ def feasible(v: Variant, ctx: Context, deadline_ms: float, margin: float = 0.0) 
     )
 
 
-def _accuracy(v: Variant) -> float:
-    return v.accuracy if v.accuracy is not None else 1.0
-
-
 @dataclass
 class Policy:
     """Greedy (``hold`` 0, ``margin`` 0) or ours (hysteresis); see the module docstring."""
@@ -98,6 +100,10 @@ class Policy:
     low_battery_pct: float = 20.0
     static: str | None = None
     _streak: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.static is not None and self.static not in {v.name for v in self.variants}:
+            raise UsageError(f"no variant called {self.static!r}")
 
     @property
     def name(self) -> str:
@@ -111,8 +117,8 @@ class Policy:
         if not ok:
             return None
         if ctx.battery_pct < self.low_battery_pct:
-            return min(ok, key=lambda v: (v.latency_ms, -_accuracy(v)))
-        return max(ok, key=lambda v: (_accuracy(v), -v.latency_ms))
+            return min(ok, key=lambda v: (v.latency_ms, -v.served_accuracy))
+        return max(ok, key=lambda v: (v.served_accuracy, -v.latency_ms))
 
     def fallback(self, ctx: Context) -> Variant:
         """Nothing feasible: the variant that misses by the least (memory first)."""
@@ -133,7 +139,10 @@ class Policy:
         if (
             better is None
             or better.name == current.name
-            or (_accuracy(better) <= _accuracy(current) and ctx.battery_pct >= self.low_battery_pct)
+            or (
+                better.served_accuracy <= current.served_accuracy
+                and ctx.battery_pct >= self.low_battery_pct
+            )
         ):
             self._streak.clear()
             return current

@@ -16,16 +16,19 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from crosslevel.control.policy import MIN_CPU_SHARE, Context, Policy
+from crosslevel.control.policy import Context, Policy, expected_ms
 from crosslevel.control.runtime import Controller
 from crosslevel.control.variants import Variant
+from crosslevel.errors import InvalidModelError, UsageError
 from crosslevel.runtime.ort import make_session, run_session
 
 LATENCY_RUNS = 50
+TRACE_KINDS = ("cpu_bursts", "battery_drain", "memory_pressure")
 
 
 def measure_here(variants: list[Variant], sample: np.ndarray) -> list[Variant]:
@@ -43,6 +46,34 @@ def measure_here(variants: list[Variant], sample: np.ndarray) -> list[Variant]:
     return out
 
 
+def zero_input(path: Path) -> np.ndarray:
+    """A zero input of the model's shape (dynamic dimensions as 1): the replayed request."""
+    inputs = make_session(path.read_bytes()).get_inputs()
+    if len(inputs) != 1:
+        raise InvalidModelError(f"{path}: a variant needs exactly one input, has {len(inputs)}")
+    meta = inputs[0]
+    shape = [d if isinstance(d, int) and d > 0 else 1 for d in meta.shape]
+    return np.zeros(shape, dtype=np.float32)
+
+
+def default_deadline_ms(variants: list[Variant]) -> float:
+    """1.5x the latency of the most accurate variant (the fastest among equals)."""
+    best = max(variants, key=lambda v: (v.served_accuracy, -v.latency_ms))
+    return 1.5 * best.latency_ms
+
+
+def compared_policies(
+    variants: list[Variant], deadline_ms: float, hold: int = 3, margin: float = 0.2
+) -> list[Policy]:
+    """What `adapt` and benchmarks/adapt.py compare: ours (hysteresis), greedy (none) and
+    each variant served statically."""
+    policies = [
+        Policy(variants, deadline_ms, hold=hold, margin=margin),
+        Policy(variants, deadline_ms),
+    ]
+    return policies + [Policy(variants, deadline_ms, static=v.name) for v in variants]
+
+
 @dataclass
 class ReplayStats:
     policy: str
@@ -58,7 +89,10 @@ class ReplayStats:
     requests_served: int
 
     def to_dict(self) -> dict[str, Any]:
-        return self.__dict__.copy()
+        """JSON-safe: no switch gives NaN times here, ``null`` in the file (strict JSON
+        has no NaN)."""
+        return {k: None if isinstance(v, float) and math.isnan(v) else v
+                for k, v in self.__dict__.items()}  # fmt: skip
 
 
 def replay(
@@ -78,12 +112,12 @@ def replay(
             switch_times.append(ctrl.switch(choice.name, ctx.mem_available_bytes) * 1e3)
         else:
             ctrl.evict(ctx.mem_available_bytes)
-        name, _ = ctrl.infer(sample)
-        served += 1
+        name, outputs = ctrl.infer(sample)
+        served += bool(outputs)  # an answer came back (counted, not assumed)
         current = by_name[name]
-        misses += current.latency_ms / max(MIN_CPU_SHARE, 1 - ctx.cpu_load) > policy.deadline_ms
+        misses += expected_ms(current, ctx) > policy.deadline_ms
         violations += ctrl.resident_bytes() > ctx.mem_available_bytes
-        accuracy += current.accuracy if current.accuracy is not None else 1.0
+        accuracy += current.served_accuracy
     return ReplayStats(
         policy=policy.name, ticks=len(trace), deadline_misses=misses,
         memory_violations=violations, mean_accuracy=accuracy / len(trace),
@@ -124,9 +158,6 @@ def make_trace(kind: str, seed: int, memory_bytes: int, ticks: int = 200) -> lis
             mem[i : i + length] = memory_bytes * rng.uniform(0.5, 0.9)
             i += length
     else:
-        raise ValueError(f"unknown trace kind {kind!r}")
+        raise UsageError(f"unknown trace kind {kind!r}; known: {', '.join(TRACE_KINDS)}")
     return [Context(float(a), float(b), int(c), float(d), 100.0, 10.0)
             for a, b, c, d in zip(t, np.clip(load, 0, 1), mem, battery, strict=True)]  # fmt: skip
-
-
-TRACE_KINDS = ("cpu_bursts", "battery_drain", "memory_pressure")

@@ -7,6 +7,7 @@ folder of variants.json (a hostile file cannot make the controller read elsewher
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,12 @@ class Variant:
     file_bytes: int
 
     @property
+    def served_accuracy(self) -> float:
+        """What serving it is worth: its accuracy, or 1.0 for a fidelity variant (outputs
+        unchanged from the original model, so nothing is lost)."""
+        return self.accuracy if self.accuracy is not None else 1.0
+
+    @property
     def memory_bytes(self) -> int:
         """What a resident session holds: its weights (the file) and its arena."""
         return self.file_bytes + self.peak_ram_bytes
@@ -37,9 +44,29 @@ def _fail(path: Path, what: str) -> InvalidModelError:
 
 
 def _number(value: Any, path: Path, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise _fail(path, f"{where} must be a non-negative number, got {value!r}")
+    # json.loads accepts NaN and Infinity: refuse them here (int(inf) would overflow and a
+    # NaN latency would make every comparison of the policy false).
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise _fail(path, f"{where} must be a finite non-negative number, got {value!r}")
     return float(value)
+
+
+def _model_path(files: dict[str, Any], path: Path, where: str) -> Path:
+    """The ONNX file, resolved (symlinks too) and required to stay inside the folder."""
+    folder = path.parent.resolve()
+    try:
+        onnx_path = (folder / files["onnx"]).resolve()
+        inside = onnx_path.is_relative_to(folder) and onnx_path.is_file()
+    except (OSError, ValueError):  # e.g. an embedded NUL byte, a name too long
+        inside = False
+    if not inside:
+        raise _fail(path, f"{where}: model file {files['onnx']!r} is not a file inside {folder}")
+    return onnx_path
 
 
 def _variant(entry: Any, path: Path, i: int) -> Variant:
@@ -49,12 +76,14 @@ def _variant(entry: Any, path: Path, i: int) -> Variant:
     files = entry.get("model_files")
     if not isinstance(files, dict) or not isinstance(files.get("onnx"), str):
         raise _fail(path, f"{where} has no ONNX model file")
-    folder = path.parent.resolve()
-    onnx_path = (folder / files["onnx"]).resolve()
-    if not onnx_path.is_relative_to(folder) or not onnx_path.is_file():
-        raise _fail(path, f"{where}: model file {files['onnx']!r} is not a file inside {folder}")
-    acc = entry.get("accuracy") or {}
+    onnx_path = _model_path(files, path, where)
+    acc = entry.get("accuracy")
+    if acc is not None and not isinstance(acc, dict):
+        raise _fail(path, f"{where}.accuracy must be an object, got {acc!r}")
+    acc = acc or {}
     accuracy = _number(acc["mean"], path, f"{where}.accuracy") if "mean" in acc else None
+    if accuracy is not None and accuracy > 1.0:
+        raise _fail(path, f"{where}.accuracy.mean is a fraction (0..1), got {accuracy!r}")
     lat = entry.get("latency_ms")
     if not isinstance(lat, dict):
         raise _fail(path, f"{where} has no latency")
@@ -72,7 +101,9 @@ def load_variants(path: str | Path) -> list[Variant]:
     path = Path(path)
     try:
         doc = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    # ValueError covers bad JSON, bad UTF-8 and a 5,000-digit number; RecursionError a
+    # hostile nesting depth.
+    except (OSError, ValueError, RecursionError) as exc:
         raise _fail(path, str(exc)) from exc
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise _fail(path, f"format must be {FORMAT!r}")

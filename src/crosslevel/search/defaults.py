@@ -8,17 +8,6 @@ there would be nothing to show. The STM32G031K8 (in the catalogue) is a real, co
 (12,288 B arena, 95,784 B of weights), while pruned, factorized or int8 variants fit.
 """
 
-from __future__ import annotations
-
-from crosslevel.hardware.devices import Device, get_device
-
 DEFAULT_MODEL = "digits_cnn"
 DEFAULT_DATA = "digits"
-DEFAULT_DEVICE = "stm32g031k8"
-
-STM32G031K8 = get_device(DEFAULT_DEVICE)
-
-
-def resolve_device(name: str) -> Device:
-    """A device of the catalogue (UsageError naming the known ones otherwise)."""
-    return get_device(name)
+DEFAULT_DEVICE = "stm32g031k8"  # looked up with hardware.devices.get_device when needed

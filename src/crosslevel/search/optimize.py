@@ -13,6 +13,7 @@ stock tflite-micro runtime ran it with identical outputs and the planned head ar
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -20,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from crosslevel.errors import InfeasibleError, UsageError
+from crosslevel.hardware.devices import get_device
 from crosslevel.ir.graph import Graph
-from crosslevel.search.defaults import DEFAULT_DATA, DEFAULT_DEVICE, DEFAULT_MODEL, resolve_device
+from crosslevel.search.defaults import DEFAULT_DATA, DEFAULT_DEVICE, DEFAULT_MODEL
 from crosslevel.search.levels import MemoryLevel, ModelLevel
 from crosslevel.search.objectives import LABELS, OBJECTIVES, Demands, device_demands, meets
 from crosslevel.search.space import Candidate, Knob, KnobValue, Space
@@ -119,7 +121,7 @@ def build_space(req: Request) -> tuple[Space, dict[str, Any]]:
 
 def _zoo_space(name: str, data: str, req: Request) -> Space:
     level = ModelLevel(name, data, seeds=req.seeds, epochs=req.epochs, cache_dir=req.cache_dir)
-    level.config(Space([level]).level_values(level, Space([level]).default())).validate()
+    level.config({k.name: k.choices[0] for k in level.knobs}).validate()  # unknown data: exit 2
     return Space([level, MemoryLevel()])
 
 
@@ -145,11 +147,25 @@ class Prepared:
     info: dict[str, Any]
 
 
+def check_demands(req: Request) -> None:
+    """Each given demand is a finite number, positive (an accuracy drop may be 0): a NaN
+    or negative limit would otherwise surface as an overflow or as 'infeasible'."""
+    given = {"--max-latency-ms": req.max_latency_ms, "--max-ram-kb": req.max_ram_kib,
+             "--max-flash-kb": req.max_flash_kib}  # fmt: skip
+    for option, value in given.items():
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise UsageError(f"{option} must be a positive number, got {value}")
+    drop = req.max_accuracy_drop_pp
+    if drop is not None and not (math.isfinite(drop) and drop >= 0):
+        raise UsageError(f"--max-accuracy-drop must be >= 0 percentage points, got {drop}")
+
+
 def prepare(req: Request) -> Prepared:
     req.settings.validate()
+    check_demands(req)
     if req.max_variants < 1:
         raise UsageError(f"--max-variants must be >= 1, got {req.max_variants}")
-    device = resolve_device(req.device)
+    device = get_device(req.device)  # UsageError naming the known devices
     demands = device_demands(
         device, req.max_accuracy_drop_pp, req.max_latency_ms, req.max_ram_kib, req.max_flash_kib
     )
@@ -166,6 +182,11 @@ def optimize(req: Request | Prepared, out: Path, progress: Progress | None = Non
                    "space": {k: list(v) for k, v in space.params().items()},
                    "seeds": req.seeds, "epochs": req.epochs}  # fmt: skip
     res = run_search(space, evaluator, req.settings, fingerprint, progress)
+    if not res.records:  # not "infeasible": nothing was tried
+        raise UsageError(
+            f"no candidate was evaluated before the search stopped ({res.stopped_by}); "
+            "raise --time-budget or --budget"
+        )
     if not res.feasible_front():
         raise InfeasibleError(infeasible_message(res, demands))
     searchable = [lv.name for lv in space.levels if any(len(k.choices) > 1 for k in lv.knobs)]
@@ -403,6 +424,11 @@ def assemble(
             "single_level": {
                 name: front_hypervolume(recs, res.baseline, demands)
                 for name, recs in ablations.items()
+            },
+            # How many points each hypervolume is over (same filter as the volume).
+            "points": {
+                "joint": len(hv_points(res.records, demands)),
+                **{name: len(hv_points(recs, demands)) for name, recs in ablations.items()},
             },
         },
         "ablations": {

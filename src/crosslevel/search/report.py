@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-from markupsafe import Markup, escape
+from markupsafe import Markup
 
 from crosslevel.report.arena_svg import arena_svg
 from crosslevel.search.objectives import LABELS, OBJECTIVES
@@ -64,7 +64,8 @@ Optuna trials, {{ cell_text("search.elapsed_s", "{:.1f}") }} s, stopped by
 (max |diff| {{ cell_text("chosen.arena_check.max_abs_diff", "{:g}") }}).
 {% if r.chosen.tflm_check %}TFLM-ready model.tflite ({{ r.chosen.tflm_check.strategy }} plan):
 head arena {{ cell_text("chosen.tflm_check.tflm_head_bytes", "{:,}") }} B measured in tflite-micro,
-outputs identical: {{ yes(r.chosen.tflm_check.outputs_identical) }}.
+outputs identical: {{ yes(r.chosen.tflm_check.outputs_identical) }};
+{% if r.chosen.tflm_check.verified %}written{% else %}not written: the check failed{% endif %}.
 {% else %}No .tflite: a float point (the TFLite export is for int8 models).{% endif %}</p>
 
 <h2>Pareto front</h2>
@@ -87,12 +88,12 @@ limits.</figcaption></figure>
 Hypervolume of (latency, RAM, flash) over points meeting every demand with at most
 {{ r.hypervolume.accuracy_tolerance_pp }} pp accuracy lost; reference point: the
 unoptimized model x 1.1.</p>
-<table id="hypervolume"><tr><th>search</th><th>hypervolume</th><th>feasible points</th></tr>
+<table id="hypervolume"><tr><th>search</th><th>hypervolume</th><th>points in it</th></tr>
 <tr><td>joint (all levels)</td>{{ cell("hypervolume.joint") }}
-<td>{{ r.hv_points_joint|length }}</td></tr>
+{{ cell("hypervolume.points.joint") }}</tr>
 {% for name, hv in r.hypervolume.single_level.items() %}
 <tr><td>{{ name }} only</td>{{ cell("hypervolume.single_level." ~ name) }}
-<td>{{ r.ablations[name]|length }}</td></tr>
+{{ cell("hypervolume.points." ~ name) }}</tr>
 {% endfor %}</table>
 {% if plots.ablation %}<figure>{{ plots.ablation }}<figcaption>Feasible points of each
 single-level search and of the joint search.</figcaption></figure>{% endif %}
@@ -275,4 +276,4 @@ def write_report(out: Path, result: dict[str, Any], cand: Candidate) -> None:
     (out / "report.html").write_text(page)
 
 
-__all__ = ["render_html", "write_report", "lookup", "format_value", "escape"]
+__all__ = ["render_html", "write_report", "lookup", "format_value"]

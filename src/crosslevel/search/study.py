@@ -101,7 +101,7 @@ class Settings:
     def validate(self) -> None:
         if self.budget < 1:
             raise UsageError(f"--budget must be >= 1, got {self.budget}")
-        if self.time_budget_s is not None and self.time_budget_s <= 0:
+        if self.time_budget_s is not None and not self.time_budget_s > 0:  # NaN too
             raise UsageError(f"--time-budget must be > 0 s, got {self.time_budget_s}")
         if self.sampler not in SAMPLERS:
             raise UsageError(f"--sampler must be one of {', '.join(SAMPLERS)}")
@@ -202,17 +202,17 @@ def open_study(settings: Settings, fingerprint: dict[str, Any]) -> optuna.Study:
     """A new in-memory study, or the SQLite one at ``--study`` (created or resumed)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = None
-    if settings.study_path is not None:
-        settings.study_path.parent.mkdir(parents=True, exist_ok=True)
-        storage = f"sqlite:///{settings.study_path.resolve()}"
     try:
+        if settings.study_path is not None:
+            settings.study_path.parent.mkdir(parents=True, exist_ok=True)
+            storage = f"sqlite:///{settings.study_path.resolve()}"
         study = optuna.create_study(
             storage=storage, study_name=STUDY_NAME, load_if_exists=True,
             directions=["minimize"] * len(OBJECTIVES),
         )  # fmt: skip
+        stored = study.user_attrs.get("fingerprint")
     except Exception as exc:  # a corrupt or foreign file: one clear message
         raise UsageError(f"cannot open study {settings.study_path}: {exc}") from exc
-    stored = study.user_attrs.get("fingerprint")
     if stored is None:
         study.set_user_attr("fingerprint", fingerprint)
     elif stored != fingerprint:
@@ -227,14 +227,31 @@ def open_study(settings: Settings, fingerprint: dict[str, Any]) -> optuna.Study:
     return study
 
 
-def _record_from_trial(trial: FrozenTrial) -> Record | None:
+STAGES = ("measured", "analytic: misses a limit", "analytic: dominated")
+
+
+def _record_from_trial(
+    trial: FrozenTrial, space: Space, demands: Demands, where: Path | None
+) -> Record | None:
+    """The stored result of a finished trial, checked against the space: a study file is
+    input, and a record that does not fit would fail later, far from its cause.
+    Feasibility is recomputed from the values, never taken from the file."""
     attrs = trial.user_attrs
     if trial.values is None or "stage" not in attrs:
         return None
-    return Record(
-        trial.number, dict(trial.params), list(trial.values), attrs["stage"],
-        dict(attrs.get("figures", {})), bool(attrs.get("feasible", False)),
-    )  # fmt: skip
+    params, values, figures = dict(trial.params), list(trial.values), attrs.get("figures", {})
+    fits = (
+        params.keys() == space.params().keys()
+        and all(v in space.params()[k] for k, v in params.items())
+        and len(values) == len(OBJECTIVES)
+        and all(math.isfinite(v) for v in values)
+        and attrs["stage"] in STAGES
+        and isinstance(figures, dict)
+    )
+    if not fits:
+        raise UsageError(f"study {where}: trial {trial.number} does not belong to this search")
+    feasible = attrs["stage"] == "measured" and all(meets(values, demands).values())
+    return Record(trial.number, params, values, attrs["stage"], figures, feasible)
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, rec: Record, demands: Demands) -> None:
@@ -259,15 +276,10 @@ def run_search(
     """Run (or resume) the study until ``budget`` completed trials or the time budget."""
     settings.validate()
     start = time.monotonic()
-    baseline = evaluator.baseline()
     study = open_study(settings, fingerprint)
-    records: list[Record] = []
-    by_key: dict[tuple[tuple[str, KnobValue], ...], Record] = {}
-    for old in study.get_trials(states=(TrialState.COMPLETE,)):
-        rec = _record_from_trial(old)
-        if rec is not None and _key(rec.params) not in by_key:
-            by_key[_key(rec.params)] = rec
-            records.append(rec)
+    baseline = _baseline(study, evaluator)
+    records = _stored_records(study, space, evaluator.demands, settings.study_path)
+    by_key = {_key(r.params): r for r in records}
     resumed = len(records)
     if not study.trials:
         study.enqueue_trial(space.default())
@@ -283,7 +295,10 @@ def run_search(
         if asked >= MAX_ASKS_PER_EVALUATION * settings.budget:
             stopped = "sampler kept repeating evaluated points"
             break
-        trial = study.ask(distributions)
+        try:
+            trial = study.ask(distributions)
+        except ValueError as exc:  # the file holds other choices for a knob
+            raise UsageError(f"study {settings.study_path}: {exc}") from exc
         asked += 1
         params = dict(trial.params)
         known = by_key.get(_key(params))
@@ -306,6 +321,46 @@ def run_search(
         measured_this_run=evaluator.measured_runs - measured_before,
         elapsed_s=time.monotonic() - start, stopped_by=stopped, resumed_from=resumed,
     )  # fmt: skip
+
+
+def _baseline(study: optuna.Study, evaluator: Evaluator) -> Record:
+    """The unoptimized point: measured once per study and kept in it, so a resumed run
+    does not fine-tune and evaluate it again (the fingerprint pins what it depends on)."""
+    stored = study.user_attrs.get("baseline")
+    if stored is not None:
+        values, figures = _checked_baseline(stored, study)
+        evaluator.baseline_accuracy = figures.get("accuracy")
+        feasible = all(meets(values, evaluator.demands).values())
+        return Record(-1, evaluator.space.default(), values, "measured", figures, feasible)
+    baseline = evaluator.baseline()
+    study.set_user_attr("baseline", {"values": baseline.values, "figures": baseline.figures})
+    return baseline
+
+
+def _checked_baseline(stored: Any, study: optuna.Study) -> tuple[list[float], dict[str, Any]]:
+    values = stored.get("values") if isinstance(stored, dict) else None
+    figures = stored.get("figures") if isinstance(stored, dict) else None
+    numbers = (
+        isinstance(values, list)
+        and len(values) == len(OBJECTIVES)
+        and all(isinstance(v, int | float) and math.isfinite(v) for v in values)
+    )
+    accuracy = figures.get("accuracy") if isinstance(figures, dict) else "?"
+    if not numbers or not (accuracy is None or isinstance(accuracy, int | float)):
+        raise UsageError(f"study {study.study_name}: its stored baseline is malformed")
+    return [float(v) for v in values], dict(figures)  # type: ignore[union-attr, arg-type]
+
+
+def _stored_records(
+    study: optuna.Study, space: Space, demands: Demands, where: Path | None
+) -> list[Record]:
+    """The distinct knob combinations already evaluated in the study (first trial of each)."""
+    records: dict[tuple[tuple[str, KnobValue], ...], Record] = {}
+    for old in study.get_trials(states=(TrialState.COMPLETE,)):
+        rec = _record_from_trial(old, space, demands, where)
+        if rec is not None:
+            records.setdefault(_key(rec.params), rec)
+    return list(records.values())
 
 
 def _key(params: dict[str, KnobValue]) -> tuple[tuple[str, KnobValue], ...]:
