@@ -223,8 +223,10 @@ def infeasible_message(res: SearchResult, demands: Demands) -> str:
     ]
     for r in diag.nearest:
         missed = [LABELS[k] for k, ok in meets(r.values, demands).items() if not ok]
+        # An analytic point was never fine-tuned: its accuracy is a placeholder, not data.
         vals = ", ".join(
-            f"{LABELS[n]} {_fmt(n, v)}" for n, v in zip(OBJECTIVES, r.values, strict=True)
+            f"{LABELS[n]} {_fmt(n, v) if r.measured or n != 'accuracy_drop_pp' else 'not measured'}"
+            for n, v in zip(OBJECTIVES, r.values, strict=True)
         )
         lines.append(f"  {_knobs(r.params)} ({r.stage}): {vals}; misses {', '.join(missed)}")
     return "\n".join(lines)
