@@ -15,7 +15,6 @@ with the predicted latency and its error. Needs root (namespaces, cgroup v1).
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from crosslevel.distributed.emulation import CpuQuota, EmulatedLink, available
+from crosslevel.distributed.emulation import CpuQuota, EmulatedLink, available, measured_slowdown
 from crosslevel.distributed.partition import plan_partition, solve, write_plan
 from crosslevel.distributed.problem import Problem
 from crosslevel.hardware.cost_model import predict_latency
@@ -35,26 +34,6 @@ from crosslevel.ir.load import load_model
 CLI = str(Path(sys.executable).parent / "crosslevel")
 REQUESTS = 15
 PORT = 47200
-
-
-def measured_slowdown(fraction: float) -> float:
-    code = "import time\nt=time.perf_counter();s=0\nfor i in range(2_000_000): s+=i\n"
-    code += "print(time.perf_counter()-t)"
-    base = min(
-        float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             check=True).stdout) for _ in range(2)
-    )  # fmt: skip
-    with CpuQuota(fraction) as quota:
-        waiting = "import sys\nsys.stdin.readline()\n" + code
-        proc = subprocess.Popen([sys.executable, "-c", waiting], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, text=True)  # fmt: skip
-        try:
-            quota.add(proc.pid)
-            out, _ = proc.communicate("\n", timeout=120)
-        finally:
-            proc.kill()  # by its own pid; a no-op once it has exited
-            proc.wait()
-    return float(out) / base
 
 
 def problem_for(graph: Graph, link: Link, slowdown: float) -> Problem:

@@ -14,14 +14,13 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from distributed_helpers import half_split_plan
 
 from crosslevel.distributed.client import DeviceClient
-from crosslevel.distributed.partition import load_plan, plan_partition, write_plan
+from crosslevel.distributed.partition import load_plan, write_plan
 from crosslevel.distributed.server import plan_id, start_server
 from crosslevel.distributed.transport import INFER, MAGIC, MessageError, TensorSpec, decode, encode
 from crosslevel.errors import UsageError
-from crosslevel.hardware.devices import get_device, get_link
-from crosslevel.ir.load import load_model
 from crosslevel.runtime.ort import make_session, run_session
 
 TOKEN = "s3cret-token"
@@ -29,16 +28,7 @@ TOKEN = "s3cret-token"
 
 @pytest.fixture(scope="module")
 def plan(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    graph = load_model("zoo:resnet8").graph
-    half = len(graph.nodes) // 2
-    tier_of = {n.name: int(i >= half) for i, n in enumerate(graph.nodes)}
-    result = plan_partition(
-        graph,
-        ["device", "edge"],
-        [get_device("rpi4"), get_device("host")],
-        [get_link("wifi")],
-        assignment=tier_of,
-    )
+    result = half_split_plan("zoo:resnet8")
     out = tmp_path_factory.mktemp("plan")
     write_plan(result, out)
     return load_plan(out)

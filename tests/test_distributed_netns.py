@@ -8,11 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
+from distributed_helpers import half_split_plan
 
 from crosslevel.distributed.emulation import EmulatedLink, available
-from crosslevel.distributed.partition import plan_partition, write_plan
-from crosslevel.hardware.devices import get_device, get_link
-from crosslevel.ir.load import load_model
+from crosslevel.distributed.partition import write_plan
 
 MISSING = available()
 pytestmark = pytest.mark.skipif(MISSING is not None, reason=f"needs {MISSING}")
@@ -27,16 +26,7 @@ def test_link_rate_and_delay_are_measured_as_set() -> None:
 
 
 def test_split_across_namespaces_with_an_outage(tmp_path: Path) -> None:
-    graph = load_model("zoo:digits_cnn").graph
-    half = len(graph.nodes) // 2
-    tier_of = {n.name: int(i >= half) for i, n in enumerate(graph.nodes)}
-    result = plan_partition(
-        graph,
-        ["device", "edge"],
-        [get_device("rpi4"), get_device("host")],
-        [get_link("wifi")],
-        assignment=tier_of,
-    )
+    result = half_split_plan("zoo:digits_cnn")
     write_plan(result, tmp_path)
     with EmulatedLink(rate_mbit=5, rtt_ms=10) as link:
         link.start(
@@ -88,26 +78,9 @@ def test_split_across_namespaces_with_an_outage(tmp_path: Path) -> None:
 
 
 def test_cpu_quota_slows_a_process() -> None:
-    import subprocess
+    from crosslevel.distributed.emulation import CPU_CGROUP, measured_slowdown
 
-    from crosslevel.distributed.emulation import CpuQuota
-
-    code = "import time\nt=time.perf_counter();s=0\nfor i in range(1_500_000): s+=i\n"
-    code += "print(time.perf_counter()-t)"
-    base = min(
-        float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             check=True).stdout) for _ in range(2)
-    )  # fmt: skip
-    with CpuQuota(0.25, f"test-{time.time_ns() % 10**6}") as quota:
-        waiting = "import sys\nsys.stdin.readline()\n" + code
-        proc = subprocess.Popen([sys.executable, "-c", waiting], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, text=True)  # fmt: skip
-        try:
-            quota.add(proc.pid)
-            out, _ = proc.communicate("\n", timeout=60)
-        finally:
-            proc.kill()  # by its own pid; a no-op once it has exited
-            proc.wait()
-        path = quota.path
-    assert float(out) / base > 0.6 / 0.25  # about 4x slower (other load only adds to base)
-    assert not Path(path).exists()  # the cgroup is removed
+    tag = f"test-{time.time_ns() % 10**6}"
+    slowdown = measured_slowdown(0.25, iterations=1_500_000, tag=tag, timeout_s=60)
+    assert slowdown > 0.6 / 0.25  # about 4x slower (other load only adds to the free run)
+    assert not Path(f"{CPU_CGROUP}/clx-{tag}").exists()  # the cgroup is removed

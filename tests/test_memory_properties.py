@@ -16,10 +16,9 @@ The brute forces use only the memory model's definition (``buffers_for_order`` a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
+from graph_helpers import topological_orders
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -100,31 +99,6 @@ def small_dags(draw: st.DrawFn) -> tuple[Graph, int]:
     return graph, draw(st.sampled_from([1, 16]))
 
 
-def _topological_orders(graph: Graph) -> Iterator[list[Node]]:
-    """Every topological order, enumerated (the file order is one of them)."""
-    producer = graph.producers()
-    deps = {
-        n.name: {producer[t].name for t in n.inputs if t in producer and producer[t] is not n}
-        for n in graph.nodes
-    }
-    order: list[Node] = []
-    done: set[str] = set()
-
-    def extend() -> Iterator[list[Node]]:
-        if len(order) == len(graph.nodes):
-            yield list(order)
-            return
-        for node in graph.nodes:
-            if node.name not in done and deps[node.name] <= done:
-                order.append(node)
-                done.add(node.name)
-                yield from extend()
-                done.discard(node.name)
-                order.pop()
-
-    return extend()
-
-
 def _count_orders(graph: Graph) -> int:
     """How many topological orders there are (a DP over the sets of run operators)."""
     producer = graph.producers()
@@ -152,12 +126,12 @@ def _peak(graph: Graph, order: list[Node], alignment: int) -> int:
 
 @_deterministic(300)
 @given(small_dags())
-def test_best_order_equals_brute_force_over_all_topological_orders(
+def test_best_order_equals_brute_force_over_alltopological_orders(
     case: tuple[Graph, int],
 ) -> None:
     graph, alignment = case
     assume(_count_orders(graph) <= _MAX_ORDERS)  # keeps the enumeration within seconds
-    brute = min(_peak(graph, order, alignment) for order in _topological_orders(graph))
+    brute = min(_peak(graph, order, alignment) for order in topological_orders(graph))
     result = best_order(graph, time_limit_s=10.0, alignment=alignment)
     order = reordered(graph, result.order).nodes  # raises unless a topological order
     assert sorted(result.order) == sorted(n.name for n in graph.nodes)

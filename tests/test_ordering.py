@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from graph_helpers import topological_orders
 
 from crosslevel.errors import InvalidModelError
 from crosslevel.ir.graph import Graph, Node, Tensor
@@ -47,25 +47,6 @@ def _random_dag(seed: int, n: int) -> Graph:
     return graph
 
 
-def _topological_orders(graph: Graph) -> Iterator[list[Node]]:
-    producer = graph.producers()
-    deps = {n.name: {producer[i].name for i in n.inputs if i in producer} for n in graph.nodes}
-
-    def extend(done: list[Node], names: set[str]) -> Iterator[list[Node]]:
-        if len(done) == len(graph.nodes):
-            yield list(done)
-            return
-        for node in graph.nodes:
-            if node.name not in names and deps[node.name] <= names:
-                done.append(node)
-                names.add(node.name)
-                yield from extend(done, names)
-                names.discard(node.name)
-                done.pop()
-
-    yield from extend([], set())
-
-
 def _peak(graph: Graph, order: list[Node], alignment: int = 16) -> int:
     return peak_live_bytes(buffers_for_order(graph, order, alignment))
 
@@ -74,7 +55,7 @@ def _peak(graph: Graph, order: list[Node], alignment: int = 16) -> int:
 def test_exact_order_matches_brute_force(seed: int) -> None:
     graph = _random_dag(seed, 6 + seed % 4)
     alignment = 16 if seed % 2 else 1
-    brute = min(_peak(graph, order, alignment) for order in _topological_orders(graph))
+    brute = min(_peak(graph, order, alignment) for order in topological_orders(graph))
     result = best_order(graph, alignment=alignment)
     order = reordered(graph, result.order).nodes  # validates: a topological order
     assert result.optimal and result.method in ("dp", "dp+cuts")

@@ -229,6 +229,30 @@ class CpuQuota:
             os.rmdir(self.path)
 
 
+def measured_slowdown(
+    fraction: float, iterations: int = 2_000_000, tag: str | None = None, timeout_s: float = 120.0
+) -> float:
+    """How many times slower a CPU-bound Python loop runs under ``CpuQuota(fraction)``
+    than free (the free run is the best of two, so other load only lowers the ratio)."""
+    code = f"import time\nt=time.perf_counter();s=0\nfor i in range({iterations}): s+=i\n"
+    code += "print(time.perf_counter()-t)"
+    base = min(
+        float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True).stdout) for _ in range(2)
+    )  # fmt: skip
+    with CpuQuota(fraction, tag) as quota:
+        waiting = "import sys\nsys.stdin.readline()\n" + code  # joins the group, then runs
+        proc = subprocess.Popen([sys.executable, "-c", waiting], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)  # fmt: skip
+        try:
+            quota.add(proc.pid)
+            out, _ = proc.communicate("\n", timeout=timeout_s)
+        finally:
+            proc.kill()  # by its own pid; a no-op once it has exited
+            proc.wait()
+    return float(out) / base
+
+
 # =============================================================================== helpers
 def _sink(host: str, port: int) -> None:
     """Echo small messages; for a message starting with b'N' read N bytes, answer b'K'."""

@@ -223,7 +223,7 @@ def infeasible_message(res: SearchResult, demands: Demands) -> str:
     ]
     for r in diag.nearest:
         missed = [LABELS[k] for k, ok in meets(r.values, demands).items() if not ok]
-        # An analytic point was never fine-tuned: its accuracy is a placeholder, not data.
+        # An analytic point was never fine-tuned: it has no measured accuracy to show.
         vals = ", ".join(
             f"{LABELS[n]} {_fmt(n, v) if r.measured or n != 'accuracy_drop_pp' else 'not measured'}"
             for n, v in zip(OBJECTIVES, r.values, strict=True)
