@@ -11,8 +11,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from crosslevel.errors import UsageError
+
 if TYPE_CHECKING:  # torch and the passes load only when the command runs: `--help` is fast
     from crosslevel.model.compress import CompressResult
+    from crosslevel.model.exits import ExitsResult
 
 ZOO_PREFIX = "zoo:"
 
@@ -49,6 +52,35 @@ def result_table(result: CompressResult) -> Table:
             f"{b.predicted_ms:.4f} ms", f"{a.predicted_ms:.4f} ms",
             _ratio(b.predicted_ms, a.predicted_ms),
         )  # fmt: skip
+    return table
+
+
+def exits_table(result: ExitsResult) -> Table:
+    """One row per exit, then the full model beside the early-exit runtime."""
+    cfg = result.config
+    table = Table(
+        title=f"{cfg.model} on {cfg.data}: early exits (max drop {100 * cfg.max_drop:g} pt)"
+    )
+    for col in ("exit", "after block", "MACs to exit", "threshold", "accuracy", "share"):
+        table.add_column(col, justify="right")
+    for e in result.exits:
+        last = e.index == len(result.exits) - 1
+        table.add_row(
+            f"{e.index}" + (" (final)" if last else ""), str(e.after_block),
+            f"{e.macs_to_exit:,}", "always" if last else f"{e.threshold:.4f}",
+            e.accuracy.percent(), f"{100 * e.share.mean:.1f} %",
+        )  # fmt: skip
+    full_ms, early_ms = result.full_latency_ms, result.early_latency_ms
+    table.add_section()
+    table.add_row(
+        "full model", "", f"{result.full_macs:,}", "", result.full_accuracy.percent(),
+        f"latency {full_ms:.4f} ms",
+    )  # fmt: skip
+    table.add_row(
+        "early exit", "", f"{result.avg_macs.mean:,.0f} avg", "",
+        result.early_accuracy.percent(),
+        f"latency {early_ms:.4f} ms ({_ratio(full_ms, early_ms)})",
+    )  # fmt: skip
     return table
 
 
@@ -95,6 +127,18 @@ def compress_command(
     baseline_epochs: Annotated[
         int | None, typer.Option(help="Baseline training epochs (default: per-model recipe).")
     ] = None,
+    exits: Annotated[
+        str | None,
+        typer.Option(
+            "--exits",
+            help="Early exits after these blocks: indices (0,1), depth fractions (0.5) or "
+            "auto (about 1/3 and 2/3 of the blocks). Not combined with other passes.",
+        ),
+    ] = None,
+    max_drop: Annotated[
+        float | None,
+        typer.Option("--max-drop", help="Early exits: accuracy points they may cost (default 1)."),
+    ] = None,
     seeds: Annotated[int, typer.Option("--seeds", help="Seeds for accuracy (>= 3).")] = 3,
     device: Annotated[
         str | None, typer.Option("--device", "-d", help="Also predict latency on this device.")
@@ -110,8 +154,26 @@ def compress_command(
     Trained baselines are cached in --cache-dir. Writes OUT/model.onnx (float, or int8
     QDQ), OUT/result.json (crosslevel.compress/1) and, with --quant int8, OUT/model.tflite
     (TFLite-semantics int8, for the memory level and TFLite Micro).
+
+    With --exits: a multi-exit network (heads trained on the frozen backbone, thresholds
+    calibrated on held-out data to --max-drop), written as OUT/segment_K.onnx,
+    OUT/exit_K.onnx, OUT/exits.json (run by crosslevel.runtime.early_exit),
+    OUT/exit_heads.npz, OUT/model.onnx (the full model) and OUT/result.json
+    (crosslevel.compress_exits/1); --epochs is then the heads' training epochs
+    (default: the baseline's recipe).
     """
     name = model[len(ZOO_PREFIX) :] if model.startswith(ZOO_PREFIX) else model
+    others = {"--prune": prune, "--quant": quant, "--rank": rank, "--energy": energy,
+              "--distill": distill or None, "--device": device}  # fmt: skip
+    if exits is None and max_drop is not None:
+        raise UsageError("--max-drop applies to --exits only")
+    if exits is not None:
+        given = [flag for flag, value in others.items() if value is not None]
+        if given:
+            raise UsageError(f"--exits does not combine with {', '.join(given)} yet")
+        drop = 0.01 if max_drop is None else max_drop / 100
+        _run_exits(name, data, exits, drop, epochs, baseline_epochs, seeds, out, cache_dir, as_json)
+        return
     import torch
 
     from crosslevel.model.compress import CompressConfig, compress
@@ -141,4 +203,34 @@ def compress_command(
     console.print(f"wrote {', '.join(str(out / f) for f in written)}")
 
 
-__all__ = ["compress_command", "result_table"]
+def _run_exits(
+    name: str, data: str, exits: str, max_drop: float, epochs: int | None,
+    baseline_epochs: int | None, seeds: int, out: Path, cache_dir: Path | None, as_json: bool,
+) -> None:  # fmt: skip
+    import torch
+
+    from crosslevel.model.exits import ExitConfig, compress_exits
+
+    cfg = ExitConfig(
+        model=name, data=data, exits=exits, max_drop=max_drop, epochs=epochs,
+        baseline_epochs=baseline_epochs, seeds=seeds,
+    )  # fmt: skip
+    cfg.validate()
+    torch.set_num_threads(1)  # as for the other passes (see compress_command)
+    err = Console(stderr=True)
+    log: Any = None if as_json else (lambda msg: err.print(msg, highlight=False))
+    result = compress_exits(cfg, out, cache_dir=cache_dir, progress=not as_json, log=log)
+    doc = result.to_json()
+    (out / "result.json").write_text(json.dumps(doc, indent=2) + "\n")
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2))
+        return
+    console = Console(width=None if sys.stdout.isatty() else 140)
+    console.print(exits_table(result))
+    for note in result.notes:
+        console.print(f"note: {note}", highlight=False)
+    files = ", ".join(str(out / f) for f in [*result.files, "result.json"])
+    console.print(f"wrote {files}", highlight=False)
+
+
+__all__ = ["compress_command", "exits_table", "result_table"]
