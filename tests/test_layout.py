@@ -398,8 +398,11 @@ ZOO_KWARGS: dict[str, dict[str, Any]] = {
 # Random deep nets amplify any perturbation, float32 rounding included, by about 1.2x per
 # layer: MobileNetV2's 52 layers turn TFLM's and ONNX Runtime's per-node differences of
 # <= 4e-7 (checked node by node below) into 8e-5 of the output, and the float64
-# reference executor differs from ONNX Runtime as much. Bound relative to max|output|:
-CHAOTIC: dict[str, float] = {"mobilenet_v2": 1e-3}
+# reference executor differs from ONNX Runtime as much. MobileNetV1's 28 layers reach
+# 4.5e-5 on an AVX-512 host, whose ONNX Runtime kernels sum in another order than AVX2's
+# (the per-node check below still holds them to float32 rounding). Bound relative to
+# max|output|:
+CHAOTIC: dict[str, float] = {"mobilenet_v2": 1e-3, "mobilenet_v1_025": 2e-4}
 
 
 def _f64(a: np.ndarray | None) -> np.ndarray | None:
