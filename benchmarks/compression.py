@@ -4,9 +4,13 @@ For digits_cnn on scikit-learn digits, mnist1d_cnn on mnist1d and imu_cnn on Bas
 (reported only: 40 test samples, 2.5 points each): accuracy of the deployed ONNX model in
 ONNX Runtime (mean ± sample std over 3 seeds, each seed its own split, baseline and
 fine-tuning), params, flash bytes, MACs, peak activation RAM (TFLM greedy), and host
-latency (ONNX Runtime, 1 thread, median of many runs, the fp32 baseline measured in the
-same run). int8 rows: sizes of the TFLite-semantics int8 IR, accuracy and latency of the
-ONNX QDQ model. Baselines are cached in --cache-dir (default ~/.cache/crosslevel).
+latency, the fp32 baseline measured in the same run, in two runtimes: ONNX Runtime (the
+deployed ONNX / QDQ model; 1 thread, median of 1000 runs) and LiteRT (``ai-edge-litert``,
+default XNNPACK delegate, 1 thread, median of 2000 invocations after 50 warm-up) on the
+generated ``.tflite`` (the TFLite-semantics int8 model for int8 rows, the float32 NHWC
+export otherwise). int8 rows: sizes of the int8 IR, accuracy of the ONNX QDQ model; the
+PTQ-or-QAT decision per seed is in the variant name. Baselines are cached in --cache-dir
+(default ~/.cache/crosslevel).
 
     python benchmarks/compression.py [--models digits_cnn,mnist1d_cnn,imu_cnn] [--seeds 3]
         [--epochs N] [--json]
@@ -21,11 +25,18 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rich.console import Console
-from rich.table import Table
 
-from crosslevel.model.compress import CompressConfig, CompressResult, Metrics, compress
+from crosslevel.model.baselines import get_dataset
+from crosslevel.model.compress import (
+    CompressConfig,
+    CompressResult,
+    Metrics,
+    compress,
+    float_tflite,
+)
 
 PAIRS = {"digits_cnn": "digits", "mnist1d_cnn": "mnist1d", "imu_cnn": "basic_motions"}
 
@@ -38,20 +49,69 @@ def variants(model: str, data: str, seeds: int, epochs: int | None) -> list[Comp
         replace(base, quant="int8", calibration="entropy"),
         replace(base, prune=0.5),
         replace(base, prune=0.5, distill=True),
+        replace(base, prune=0.5, distill=True, importance="taylor"),
         replace(base, energy=0.9, distill=True),
-        replace(base, prune=0.5, distill=True, quant="int8"),
-        replace(base, prune=0.5, distill=True, energy=0.9, quant="int8"),
+        replace(base, prune=0.5, distill=True, importance="taylor", quant="int8"),
+        replace(base, prune=0.5, distill=True, importance="taylor", quant="int8", qat="always"),
+        replace(base, prune=0.5, distill=True, importance="taylor", energy=0.9, quant="int8"),
     ]
 
 
+LITERT_REPEATS, LITERT_WARMUP = 2000, 50
+
+
+def litert_ms(model: bytes, sample_nchw: np.ndarray) -> float:
+    """Median LiteRT latency of a ``.tflite`` (default XNNPACK delegate, 1 thread)."""
+    from ai_edge_litert.interpreter import Interpreter  # type: ignore[import-not-found]
+
+    interp = Interpreter(model_content=model, num_threads=1)
+    interp.allocate_tensors()
+    detail = interp.get_input_details()[0]
+    x = np.transpose(sample_nchw, (0, 2, 3, 1)) if sample_nchw.ndim == 4 else sample_nchw
+    scale, zero = detail["quantization"]
+    if detail["dtype"] == np.int8:  # the int8 model's input quantization
+        x = np.clip(np.round(x / scale) + zero, -128, 127)
+    interp.set_tensor(detail["index"], np.ascontiguousarray(x, dtype=detail["dtype"]))
+    for _ in range(LITERT_WARMUP):
+        interp.invoke()
+    times = np.empty(LITERT_REPEATS)
+    for i in range(LITERT_REPEATS):
+        start = time.perf_counter()
+        interp.invoke()
+        times[i] = time.perf_counter() - start
+    return float(np.median(times)) * 1e3
+
+
+def litert_pair(result: CompressResult, sample: np.ndarray) -> tuple[float, float]:
+    """LiteRT ms of the variant's .tflite and of the fp32 baseline's, in this run."""
+    assert result.baseline_module is not None and result.float_module is not None
+    shape = tuple(sample.shape[1:])
+    after = result.model_tflite or float_tflite(result.float_module, shape)
+    return litert_ms(after, sample), litert_ms(float_tflite(result.baseline_module, shape), sample)
+
+
+def int8_tag(passes: dict[str, Any]) -> str:
+    """' [QAT 2/3, PTQ 91.2 %]': how many seeds deployed QAT, and PTQ's test accuracy."""
+    seeds = passes.get("int8", {}).get("per_seed")
+    if not seeds:
+        return ""
+    qat = sum(d["method"] == "qat" for d in seeds)
+    ptq = 100 * float(np.mean([d["ptq_accuracy"] for d in seeds]))
+    tried = [d["qat_accuracy"] for d in seeds if d["qat_accuracy"] is not None]
+    if not tried:
+        return " [PTQ]"
+    return f" [QAT {qat}/{len(seeds)}; PTQ {ptq:.1f}, QAT {100 * float(np.mean(tried)):.1f}]"
+
+
 def row(
-    model: str, m: Metrics, base: Metrics, seconds: float | None, passes: dict[str, Any]
-) -> dict[str, Any]:
+    model: str, m: Metrics, base: Metrics, seconds: float | None, passes: dict[str, Any],
+    litert: tuple[float, float],
+) -> dict[str, Any]:  # fmt: skip
     # ORT's fused u8s8 kernels saturated on 8-bit weights: qdq.py fell back to 7-bit ones
     seven_bit = bool(passes.get("int8", {}).get("reduce_range"))
     return {
         "model": model,
-        "variant": m.label + (" [7-bit w]" if seven_bit else ""),
+        "variant": m.label + (" [7-bit w]" if seven_bit else "") + int8_tag(passes),
         "dtype": m.dtype,
         "accuracy_mean": m.accuracy.mean,
         "accuracy_std": m.accuracy.std,
@@ -63,6 +123,8 @@ def row(
         "peak_ram_bytes": m.peak_ram_bytes,
         "latency_ms": m.latency_ms,
         "baseline_latency_ms": base.latency_ms,
+        "litert_ms": litert[0],
+        "litert_baseline_ms": litert[1],
         "seconds": seconds,
     }
 
@@ -78,28 +140,36 @@ def run(models: list[str], seeds: int, epochs: int | None, cache_dir: Path | Non
             result: CompressResult = compress(cfg, cache_dir=cache_dir)
             seconds = time.perf_counter() - start
             console.print(f"{model}: {cfg.label()} in {seconds:.1f} s", highlight=False)
+            sample = get_dataset(data, 0).x_test[:1]
+            litert = litert_pair(result, sample)
             if not base_row_done:
-                rows.append(row(model, result.before, result.before, None, {}))
+                rows.append(row(model, result.before, result.before, None, {}, (litert[1],) * 2))
                 base_row_done = True
-            rows.append(row(model, result.after, result.before, seconds, result.passes))
+            rows.append(row(model, result.after, result.before, seconds, result.passes, litert))
     return rows
 
 
-def table(rows: list[dict[str, Any]]) -> Table:
-    t = Table(title="model-level compression (accuracy: ORT on held-out split, 3 seeds)")
-    for col in ("model", "variant", "accuracy", "Δ pts", "params", "flash B", "MACs",
-                "peak RAM B", "ORT ms", "fp32 ms (same run)", "speed-up"):  # fmt: skip
-        t.add_column(col, justify="left" if col in ("model", "variant") else "right")
+COLUMNS = ("model", "variant", "acc % (mean ± std)", "Δ pts", "params", "flash B", "MACs",
+           "peak RAM B", "ORT ms", "ORT fp32 ms", "ORT speed-up", "LiteRT ms",
+           "LiteRT fp32 ms", "LiteRT speed-up")  # fmt: skip
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """One markdown table: ours (each variant) beside the fp32 baseline of the same run."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
-        t.add_row(
+        cells = [
             r["model"], r["variant"],
             f"{100 * r['accuracy_mean']:.1f} ± {100 * r['accuracy_std']:.1f}",
             f"{r['delta_points']:+.1f}", f"{r['params']:,}", f"{r['flash_bytes']:,}",
             f"{r['macs']:,}", f"{r['peak_ram_bytes']:,}", f"{r['latency_ms']:.4f}",
             f"{r['baseline_latency_ms']:.4f}",
-            f"{r['baseline_latency_ms'] / r['latency_ms']:.2f}x",
-        )  # fmt: skip
-    return t
+            f"{r['baseline_latency_ms'] / r['latency_ms']:.2f}x", f"{r['litert_ms']:.4f}",
+            f"{r['litert_baseline_ms']:.4f}",
+            f"{r['litert_baseline_ms'] / r['litert_ms']:.2f}x",
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -110,7 +180,7 @@ def main() -> None:
         "--epochs",
         type=int,
         default=None,
-        help="fine-tuning epochs per pass (default: half the recipe)",
+        help="fine-tuning epochs per pass (default: the recipe after pruning, half after low-rank)",
     )
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--json", action="store_true")
@@ -124,7 +194,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        Console(width=200).print(table(rows))
+        print(table(rows))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,13 @@
 The pipeline, per seed (each seed has its own data split, baseline and fine-tuning):
 
     trained baseline -> [prune + fine-tune (+ KD)] -> [low-rank + fine-tune (+ KD)]
-        -> float ONNX -> [int8 QDQ ONNX, calibrated on real training samples]
+        -> float ONNX -> [int8 QDQ ONNX, calibrated on real training samples
+                          (+ quantization-aware fine-tuning if PTQ loses too much)]
+
+int8 QAT (``qat``): "auto" fine-tunes with fake quantization (``model.qat``) when PTQ
+loses more than ``qat_threshold`` points on training samples outside the calibration set
+(never the test split), "always" runs it regardless, "off" never; QAT is deployed
+unless it does worse on those samples. Both test accuracies are in the int8 pass record.
 
 Accuracy is that of the deployed ONNX model run by ONNX Runtime on the held-out split,
 as the mean and spread over seeds (DESIGN.md: at least three). The structural figures
@@ -40,7 +46,13 @@ from crosslevel.model.baselines import (
 )
 from crosslevel.model.evaluate import SeedStats, accuracy_onnx, accuracy_torch
 from crosslevel.model.lowrank import factorize_and_finetune
-from crosslevel.model.prune import IMPORTANCES, prune_and_finetune
+from crosslevel.model.prune import (
+    IMPORTANCES,
+    finetune_epochs_after_pruning,
+    prune_and_finetune,
+)
+from crosslevel.model.qat import DEFAULT_EPOCHS as DEFAULT_QAT_EPOCHS
+from crosslevel.model.qat import quantization_aware_finetune
 from crosslevel.model.qdq import (
     CALIBRATION_METHODS,
     calibration_samples,
@@ -53,6 +65,8 @@ from crosslevel.runtime.ort import time_onnx
 
 RESULT_FORMAT = "crosslevel.compress/1"
 TFLITE_CALIBRATION = 64  # samples for the TFLite-semantics IR (runs in the NumPy reference)
+QAT_MODES = ("auto", "off", "always")
+VALIDATION_SAMPLES = 512  # training samples outside the calibration set judge PTQ's loss
 
 Log = Callable[[str], None]
 
@@ -71,12 +85,15 @@ class CompressConfig:
     rank: int | None = None
     energy: float | None = None
     distill: bool = False
-    epochs: int | None = None  # fine-tuning epochs per pass; None: half the recipe
+    epochs: int | None = None  # fine-tuning epochs per pass; None: recipe (prune), half (low-rank)
     baseline_epochs: int | None = None  # None: the recipe of model.baselines
     seeds: int = 3
     device: str | None = None
     calibration_samples: int = 256
     latency_repeats: int = 300
+    qat: str = "auto"  # int8: "auto" (QAT when PTQ loses > qat_threshold), "off", "always"
+    qat_threshold: float = 1.0  # points of accuracy PTQ may lose on validation samples
+    qat_epochs: int = DEFAULT_QAT_EPOCHS
 
     def validate(self) -> None:
         """UsageError (exit 2) for any knob out of its range, before any work."""
@@ -105,6 +122,10 @@ class CompressConfig:
             or self.calibration_samples < 1
         ):
             raise UsageError("--epochs must be >= 0, --seeds and calibration samples >= 1")
+        if self.qat not in QAT_MODES:
+            raise UsageError(f"--qat must be one of {', '.join(QAT_MODES)}, got {self.qat!r}")
+        if self.qat_threshold < 0 or self.qat_epochs < 1:
+            raise UsageError("--qat-threshold must be >= 0 points and --qat-epochs >= 1")
         if self.device is not None:
             from crosslevel.hardware.devices import get_device
 
@@ -113,11 +134,18 @@ class CompressConfig:
     def finetune_epochs(self) -> int:
         return self.epochs if self.epochs is not None else finetune_epochs(self.model)
 
+    def prune_epochs(self) -> int:
+        """Pruning fine-tunes longer by default: see ``model.prune.PRUNE_LR``."""
+        if self.epochs is not None:
+            return self.epochs
+        return finetune_epochs_after_pruning(self.model)
+
     def label(self) -> str:
         """Short name of the combination, e.g. 'prune 50% +KD + int8'."""
         parts = []
         if self.prune is not None:
-            parts.append(f"prune {self.prune:.0%}" + (" +KD" if self.distill else ""))
+            how = f" ({self.importance})" if self.importance != "magnitude" else ""
+            parts.append(f"prune {self.prune:.0%}{how}" + (" +KD" if self.distill else ""))
         if self.rank is not None or self.energy is not None:
             knob = f"rank {self.rank}" if self.rank is not None else f"energy {self.energy:g}"
             parts.append(f"low-rank {knob}")
@@ -158,6 +186,8 @@ class CompressResult:
     model_onnx: bytes  # the first seed's deployed model
     model_tflite: bytes | None  # int8 only: the TFLite-semantics int8 model
     notes: list[str] = field(default_factory=list)
+    baseline_module: nn.Module | None = None  # the first seed's float models, for callers
+    float_module: nn.Module | None = None  # that want other exports (e.g. float .tflite)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -194,7 +224,7 @@ def _apply(cfg: CompressConfig, base: Baseline, progress: bool) -> tuple[nn.Modu
     data, seed = base.data, base.seed
     if cfg.prune is not None:
         pruned = prune_and_finetune(
-            model, data, cfg.prune, cfg.importance, cfg.global_pruning, cfg.finetune_epochs(),
+            model, data, cfg.prune, cfg.importance, cfg.global_pruning, cfg.prune_epochs(),
             cfg.distill, seed, progress=progress,
         )  # fmt: skip
         model = pruned.model
@@ -222,6 +252,63 @@ def _apply(cfg: CompressConfig, base: Baseline, progress: bool) -> tuple[nn.Modu
     return model, passes
 
 
+def _validation(base: Baseline, seed: int, calibration_count: int) -> tuple[np.ndarray, ...]:
+    """Training samples the calibration set did not draw (it takes a seeded permutation's
+    head; these are its tail): PTQ's loss is judged there, never on the test split."""
+    order = np.random.default_rng(seed).permutation(len(base.data.x_train))
+    pick = order[calibration_count:][:VALIDATION_SAMPLES]
+    if len(pick) == 0:  # every training sample calibrates: judge on them all
+        pick = order[:VALIDATION_SAMPLES]
+    return base.data.x_train[pick], base.data.y_train[pick]
+
+
+def _quantize(
+    cfg: CompressConfig, model: nn.Module, float_onnx: bytes, calibration: np.ndarray,
+    base: Baseline, progress: bool,
+) -> tuple[nn.Module, bytes, dict[str, Any]]:  # fmt: skip
+    """int8 PTQ, then QAT if PTQ loses more than ``cfg.qat_threshold`` points (or always).
+
+    Returns the float model the int8 artifacts are made from, the deployed QDQ ONNX and
+    the pass record: method "ptq" or "qat", losses on validation samples (which decide),
+    and the test accuracy of the PTQ model and (when run) of the QAT model, both as
+    deployed in ONNX Runtime. QAT is deployed unless it does worse there.
+    """
+    x_val, y_val = _validation(base, base.seed, len(calibration))
+    x, y = base.data.x_test, base.data.y_test
+    float_val = accuracy_onnx(float_onnx, x_val, y_val)
+    qdq = quantize_qdq(float_onnx, calibration, cfg.calibration)
+    ptq_loss = 100 * (float_val - accuracy_onnx(qdq.onnx, x_val, y_val))
+    record: dict[str, Any] = {
+        "format": "ONNX QDQ", "calibration": cfg.calibration, "samples": len(calibration),
+        "weights": "int8 per-channel symmetric",
+        "activations": f"{qdq.activation_type} per-tensor", "method": "ptq",
+        "qat_mode": cfg.qat, "qat_threshold_points": cfg.qat_threshold,
+        "validation_samples": len(x_val), "ptq_validation_loss_points": ptq_loss,
+        "ptq_accuracy": accuracy_onnx(qdq.onnx, x, y), "qat_accuracy": None,
+        "reduce_range": qdq.reduce_range, "fused_rel_error": qdq.fused_rel_error,
+    }  # fmt: skip
+    if cfg.qat == "off" or (cfg.qat == "auto" and ptq_loss <= cfg.qat_threshold):
+        return model, qdq.onnx, record
+    qat = quantization_aware_finetune(
+        model, base.data, calibration, cfg.qat_epochs, seed=base.seed, teacher=model,
+        progress=progress,
+    )  # fmt: skip
+    shape = (1, *base.data.input_shape)
+    qat_qdq = quantize_qdq(export_torch_onnx(qat.model, shape), calibration, cfg.calibration)
+    qat_loss = 100 * (float_val - accuracy_onnx(qat_qdq.onnx, x_val, y_val))
+    record |= {
+        "qat_epochs": cfg.qat_epochs, "qat_validation_loss_points": qat_loss,
+        "qat_accuracy": accuracy_onnx(qat_qdq.onnx, x, y),
+    }  # fmt: skip
+    if qat_loss > ptq_loss:  # fine-tuning made it worse where it can be judged: keep PTQ
+        return model, qdq.onnx, record
+    record |= {
+        "method": "qat", "reduce_range": qat_qdq.reduce_range,
+        "fused_rel_error": qat_qdq.fused_rel_error,
+    }  # fmt: skip
+    return qat.model, qat_qdq.onnx, record
+
+
 def _run_seed(cfg: CompressConfig, seed: int, cache_dir: Path | None, progress: bool) -> _SeedRun:
     base = trained_baseline(
         cfg.model, cfg.data, seed, cache_dir, epochs=cfg.baseline_epochs, progress=progress
@@ -232,14 +319,8 @@ def _run_seed(cfg: CompressConfig, seed: int, cache_dir: Path | None, progress: 
     deployed, calibration = float_onnx, None
     if cfg.quant == "int8":
         calibration = calibration_samples(base.data.x_train, cfg.calibration_samples, seed)
-        qdq = quantize_qdq(float_onnx, calibration, cfg.calibration)
-        deployed = qdq.onnx
-        passes["int8"] = {
-            "format": "ONNX QDQ", "calibration": cfg.calibration,
-            "samples": len(calibration), "weights": "int8 per-channel symmetric",
-            "activations": f"{qdq.activation_type} per-tensor",
-            "reduce_range": qdq.reduce_range, "fused_rel_error": qdq.fused_rel_error,
-        }  # fmt: skip
+        model, deployed, passes["int8"] = _quantize(cfg, model, float_onnx, calibration, base,
+                                                    progress)  # fmt: skip
     x, y = base.data.x_test, base.data.y_test
     baseline_onnx = export_torch_onnx(base.module, shape)
     return _SeedRun(
@@ -253,6 +334,12 @@ def _run_seed(cfg: CompressConfig, seed: int, cache_dir: Path | None, progress: 
         passes=passes,
         calibration=calibration,
     )
+
+
+def _int8_decision(record: dict[str, Any]) -> dict[str, Any]:
+    keys = ("method", "ptq_validation_loss_points", "qat_validation_loss_points",
+            "ptq_accuracy", "qat_accuracy")  # fmt: skip
+    return {k: record.get(k) for k in keys}
 
 
 def graph_figures(graph: Graph) -> dict[str, int]:
@@ -269,6 +356,15 @@ def graph_figures(graph: Graph) -> dict[str, int]:
 def float_graph(model: nn.Module, input_shape: tuple[int, ...]) -> Graph:
     """The float IR as the graph level would deploy it (BN folded, activations fused)."""
     return optimize_graph(import_torch(model, (1, *input_shape)))
+
+
+def float_tflite(model: nn.Module, input_shape: tuple[int, ...]) -> bytes:
+    """The float32 ``.tflite`` of ``model`` (NHWC, as the int8 one is laid out)."""
+    from crosslevel.graph.layout import to_nhwc
+    from crosslevel.ir.tflite_io import export_tflite
+    from crosslevel.model.quantize import with_explicit_biases
+
+    return export_tflite(with_explicit_biases(to_nhwc(float_graph(model, input_shape))))
 
 
 def _metrics(
@@ -317,6 +413,8 @@ def compress(
             log(f"seed {seed}: {cfg.model} on {cfg.data}, {cfg.label()}")
         runs.append(_run_seed(cfg, seed, cache_dir, progress))
     first = runs[0]
+    if cfg.quant == "int8":  # the PTQ-or-QAT decision is made per seed
+        first.passes["int8"]["per_seed"] = [_int8_decision(r.passes["int8"]) for r in runs]
     shape = first.baseline.data.input_shape
     sample = np.ascontiguousarray(first.baseline.data.x_test[:1])
     before = _metrics(
@@ -347,6 +445,13 @@ def compress(
             "int8 params/flash/MACs/peak RAM/prediction are of the TFLite-semantics int8 IR "
             "(model.tflite); accuracy and latency of the ONNX QDQ model (model.onnx)"
         )
+    if cfg.quant == "int8":
+        methods = [d["method"] for d in first.passes["int8"]["per_seed"]]
+        notes.append(
+            f"int8 method per seed: {', '.join(methods)} (QAT {cfg.qat}: when PTQ loses more "
+            f"than {cfg.qat_threshold:g} points on training samples outside the calibration "
+            "set, and kept unless it does worse there)"
+        )
     if first.passes.get("int8", {}).get("reduce_range"):
         notes.append(
             "ONNX Runtime's fused u8s8 int8 kernels saturated with 8-bit weights (their "
@@ -355,4 +460,7 @@ def compress(
         )
     if cfg.seeds < 3:
         notes.append(f"only {cfg.seeds} seed(s): DESIGN.md asks for at least 3 for accuracy")
-    return CompressResult(cfg, before, after, first.passes, first.deployed, tflite, notes)
+    return CompressResult(
+        cfg, before, after, first.passes, first.deployed, tflite, notes,
+        first.baseline.module, first.float_model,
+    )  # fmt: skip

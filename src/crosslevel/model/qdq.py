@@ -114,18 +114,21 @@ def quantize_qdq(
     calibration: np.ndarray,
     method: str = "minmax",
     activation_type: str = "uint8",
+    allow_reduce_range: bool = True,
 ) -> QdqModel:
     """A QDQ ONNX model of ``model_onnx`` (float, batch 1) calibrated on ``calibration``.
 
     ``calibration``: real inputs (N, *input shape without batch). ``method``: minmax,
     percentile (99.999th percentile of |x|) or entropy (KL-divergence threshold).
-    Weights are 8-bit unless ONNX Runtime's fused kernels saturate on them (see above).
+    Weights are 8-bit unless ONNX Runtime's fused kernels saturate on them (see above)
+    and ``allow_reduce_range``; with it False they stay 8-bit (the same weights as the
+    TFLite-semantics IR, which ``model.qdq_check`` compares layer by layer).
     """
-    data = _quantize(model_onnx, calibration, method, activation_type, reduce_range=False)
+    data = quantize_static_qdq(model_onnx, calibration, method, activation_type, reduce_range=False)
     error = fused_error(data, calibration[:SATURATION_CHECK_SAMPLES])
-    if error <= SATURATION_TOLERANCE:
+    if error <= SATURATION_TOLERANCE or not allow_reduce_range:
         return QdqModel(data, method, activation_type, False, error)
-    data = _quantize(model_onnx, calibration, method, activation_type, reduce_range=True)
+    data = quantize_static_qdq(model_onnx, calibration, method, activation_type, reduce_range=True)
     error = fused_error(data, calibration[:SATURATION_CHECK_SAMPLES])
     return QdqModel(data, method, activation_type, True, error)
 
@@ -143,10 +146,11 @@ def fused_error(model_qdq: bytes, samples: np.ndarray) -> float:
     return worst / max(scale, 1e-12)
 
 
-def _quantize(
+def quantize_static_qdq(
     model_onnx: bytes, calibration: np.ndarray, method: str, activation_type: str,
     reduce_range: bool,
 ) -> bytes:  # fmt: skip
+    """One ``quantize_static`` run as configured, without the saturation check."""
     if method not in CALIBRATION_METHODS:
         raise UsageError(
             f"unknown calibration {method!r}; use one of {', '.join(CALIBRATION_METHODS)}"

@@ -92,9 +92,33 @@ def quantize_int8(
     if method not in METHODS:
         raise UsageError(f"unknown calibration method {method!r}; known: {', '.join(METHODS)}")
     _check_quantizable(graph)
+    graph = with_explicit_biases(graph)
     samples = _samples(graph, calibration_inputs)
     ranges = calibrate_ranges(graph, samples)
     return _Quantizer(graph, ranges, len(samples), method).run()
+
+
+def with_explicit_biases(graph: Graph) -> Graph:
+    """A copy where every CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED has a bias.
+
+    TFLite's own kernels (LiteRT) refuse a conv without one ("has_bias was not true");
+    TFLM accepts it. Low-rank factorization leaves the first layer of each pair without
+    a bias, so a zero one is added: the arithmetic is unchanged, it costs 4 bytes per
+    channel of flash.
+    """
+    if all(len(n.inputs) > 2 and n.inputs[2] for n in graph.nodes if n.op in WEIGHTED_OPS):
+        return graph
+    result = graph.copy()
+    for node in result.nodes:
+        if node.op not in WEIGHTED_OPS or (len(node.inputs) > 2 and node.inputs[2]):
+            continue
+        channels = result.tensor(node.inputs[1]).shape[WEIGHTED_OPS[node.op]]
+        name = unique_name(result.tensors, f"{node.name}_zero_bias")
+        zeros = np.zeros(channels, np.float32)
+        result.tensors[name] = Tensor(name, (channels,), "float32", data=zeros)
+        node.inputs = [*node.inputs[:2], name, *node.inputs[3:]]
+    result.validate()
+    return result
 
 
 def quantize_input(x: np.ndarray, tensor: Tensor) -> np.ndarray:
