@@ -74,6 +74,7 @@ def test_compress_api_lowrank_over_seeds(tmp_path: Path) -> None:
         (["--data", "digits", "--prune", "0"], "--prune must be in (0, 1)"),
         (["--data", "digits", "--quant", "int4"], "int8 only"),
         (["--data", "digits", "--calibration", "kl"], "--calibration"),
+        (["--data", "digits", "--quant", "int8", "--qat", "sometimes"], "--qat must be one of"),
         (["--data", "digits", "--rank", "4", "--energy", "0.9"], "not both"),
         (["--data", "digits", "--device", "nosuchboard"], "unknown device"),
         (["--data", "basic_motions"], "takes inputs"),

@@ -113,6 +113,17 @@ def compress_command(
     calibration: Annotated[
         str, typer.Option(help="int8 calibration: minmax | percentile | entropy.")
     ] = "minmax",
+    qat: Annotated[
+        str,
+        typer.Option(
+            help="int8: quantization-aware fine-tuning: auto (when PTQ loses more "
+            "than --qat-threshold on validation samples) | off | always."
+        ),
+    ] = "auto",
+    qat_threshold: Annotated[
+        float, typer.Option(help="int8: accuracy points PTQ may lose before QAT runs.")
+    ] = 1.0,
+    qat_epochs: Annotated[int, typer.Option(help="int8: QAT fine-tuning epochs.")] = 3,
     rank: Annotated[int | None, typer.Option("--rank", help="Low-rank: rank per layer.")] = None,
     energy: Annotated[
         float | None, typer.Option("--energy", help="Low-rank: kept fraction of sum(S^2).")
@@ -122,7 +133,11 @@ def compress_command(
     ] = False,
     epochs: Annotated[
         int | None,
-        typer.Option("--epochs", help="Fine-tuning epochs per pass (default: half the recipe)."),
+        typer.Option(
+            "--epochs",
+            help="Fine-tuning epochs per pass (default: the recipe after pruning, half after "
+            "low-rank).",
+        ),
     ] = None,
     baseline_epochs: Annotated[
         int | None, typer.Option(help="Baseline training epochs (default: per-model recipe).")
@@ -180,7 +195,8 @@ def compress_command(
 
     cfg = CompressConfig(
         model=name, data=data, prune=prune, importance=importance,
-        global_pruning=global_pruning, quant=quant, calibration=calibration, rank=rank,
+        global_pruning=global_pruning, quant=quant, calibration=calibration, qat=qat,
+        qat_threshold=qat_threshold, qat_epochs=qat_epochs, rank=rank,
         energy=energy, distill=distill, epochs=epochs, seeds=seeds, device=device,
         baseline_epochs=baseline_epochs,
     )  # fmt: skip
