@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from crosslevel.codegen.command import random_inputs
-from crosslevel.codegen.cross import cross_build, missing_tools, run_qemu
+from crosslevel.codegen.cross import cross_build, missing_tools, run_qemu, run_qemu_counted
 from crosslevel.codegen.emit import generate_c
 from crosslevel.ir.load import load_model
+from crosslevel.ir.ops import node_macs
 from crosslevel.memory.plan import make_plan
 from crosslevel.runtime.tflm import TflmInterpreter
 
@@ -62,3 +63,25 @@ def test_cli_generate_for_cortex_m7_runs_in_qemu(tmp_path: Path) -> None:
     assert data["target"] == "cortex-m7" and data["verification"]["ok"]
     assert cross["qemu_identical_to_host"] == cross["qemu_inputs_tried"] == 3
     assert cross["ram_bytes"] >= data["arena_bytes"]["plan"] and cross["warnings"] == []
+    counts = cross["qemu_instructions_per_inference"]
+    assert len(counts) == 3 and min(counts) > 0 and "QEMU" in cross["qemu_instructions_how"]
+
+
+def test_qemu_instruction_count_is_deterministic_and_grows_with_the_model(
+    tmp_path: Path,
+) -> None:
+    counts, macs = {}, {}
+    for name in ("ad01_int8.tflite", "str_ww_ref_model.tflite"):
+        graph = load_model(f"mlperf:{name}").graph
+        gen = generate_c(graph, make_plan(graph, inplace=True))
+        build = cross_build(gen, "cortex-m7", tmp_path / name)
+        xs = random_inputs(gen, 0)
+        first, second = run_qemu_counted(build, xs, gen), run_qemu_counted(build, xs, gen)
+        assert first.instructions == second.instructions > 0
+        counts[name] = first.instructions
+        macs[name] = sum(node_macs(graph, node) for node in graph.nodes)
+    small, big = sorted(counts, key=macs.__getitem__)
+    assert macs[big] > macs[small] and counts[big] > counts[small]
+    # an int8 MAC takes at least half an instruction (SMLAD does two); 40 per MAC is far
+    # above what the kernels need: outside these bounds the count is not of the model call
+    assert macs[big] / 2 <= counts[big] < 40 * macs[big]

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crosslevel.codegen.c_files import KERNEL_HEADER
+from crosslevel.codegen.c_files import KERNEL_HEADER, STAGES_HEADER
 from crosslevel.codegen.emit import GeneratedModel, generate_c
 from crosslevel.errors import CrosslevelError, InvalidModelError
 from crosslevel.ir.graph import Graph
@@ -171,11 +171,12 @@ def compile_log(folder: Path) -> CompileLog:
     """The log of the compile in ``folder`` (``gcc.log`` and ``vec.txt``)."""
     log = folder / "gcc.log"
     text = log.read_text(encoding="utf-8") if log.exists() else ""
-    header = (folder / KERNEL_HEADER).read_text(encoding="utf-8").splitlines()
-    return CompileLog(
-        [ln for ln in text.splitlines() if "warning" in ln],
-        _vectorized_loops(folder / "vec.txt", header),
-    )
+    vectorized: dict[str, int] = {}
+    for name in (KERNEL_HEADER, STAGES_HEADER):
+        if (folder / name).exists():
+            header = (folder / name).read_text(encoding="utf-8").splitlines()
+            vectorized.update(_vectorized_loops(folder / "vec.txt", name, header))
+    return CompileLog([ln for ln in text.splitlines() if "warning" in ln], vectorized)
 
 
 def run_generated(
@@ -302,9 +303,9 @@ def object_sizes(obj: Path, size_tool: str | None = None) -> tuple[int, int, int
 _KERNEL_DEF = re.compile(r"^static inline \w+ (cl_\w+)\(")
 
 
-def _vectorized_loops(report: Path, header: list[str]) -> dict[str, int]:
-    """Count gcc's "loop vectorized" remarks per kernel of the header (a remark names a
-    header line; the kernel is the function that line is in)."""
+def _vectorized_loops(report: Path, header_name: str, header: list[str]) -> dict[str, int]:
+    """Count gcc's "loop vectorized" remarks per kernel of the header ``header_name`` (a
+    remark names a header line; the kernel is the function that line is in)."""
     owner: list[str] = []
     current = "-"
     for line in header:
@@ -316,7 +317,7 @@ def _vectorized_loops(report: Path, header: list[str]) -> dict[str, int]:
     seen: set[str] = set()
     text = report.read_text(encoding="utf-8", errors="replace") if report.exists() else ""
     for line in text.splitlines():
-        m = re.match(rf"{re.escape(KERNEL_HEADER)}:(\d+):\d+: (.*)", line)
+        m = re.match(rf"{re.escape(header_name)}:(\d+):\d+: (.*)", line)
         if not m or "optimized: loop vectorized" not in m.group(2) or line in seen:
             continue
         seen.add(line)

@@ -10,6 +10,7 @@ generator cannot compile exits 4 with the operator and node named.
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -61,12 +62,13 @@ def _plan_for(graph: Graph, plan_file: Path | None, time_limit_s: float) -> Plan
 
 
 def generator_plan(graph: Graph, time_limit_s: float = 10.0) -> Plan:
-    """The smallest arena of the memory level's strategies that the generator follows:
-    in-place plans included, patch (depth-first) stages not yet; `generate` verifies the
-    code it makes from it against the reference runtime."""
+    """The smallest arena of the memory level's strategies that the generator follows
+    (in-place pairs, and depth-first stages of the layers ``codegen.stages`` emits row by
+    row); `generate` verifies the code it makes from it against the reference runtime."""
+    from crosslevel.codegen.stages import stages_supported
     from crosslevel.memory.strategies import plan_strategies
 
-    plans = [p for p in plan_strategies(graph, time_limit_s).values() if not p.patch_stages]
+    plans = [p for p in plan_strategies(graph, time_limit_s).values() if stages_supported(graph, p)]
     return min(plans, key=lambda p: p.arena_bytes)
 
 
@@ -198,15 +200,17 @@ def _cross(
     model: LoadedModel, graph: Graph, gen: GeneratedModel, target: str, build_dir: Path, count: int
 ) -> dict[str, Any]:
     """Cross-compile for a Cortex-M, run it in QEMU, compare with the host library."""
-    from crosslevel.codegen.cross import cross_build, run_qemu
+    from crosslevel.codegen.cross import QEMU_INSTRUCTIONS_PER_TICK, cross_build, run_qemu_counted
 
     build = cross_build(gen, target, build_dir)
     host = build_library(gen, build_dir)  # cached: verified against the reference above
     same = 0
+    instructions = []
     for seed in range(count):
         xs = random_inputs(gen, seed)
-        ours = run_qemu(build, xs, gen)
-        same += all(np.array_equal(a, b) for a, b in zip(ours, host.run(xs), strict=True))
+        run = run_qemu_counted(build, xs, gen)
+        instructions.append(run.instructions)
+        same += all(np.array_equal(a, b) for a, b in zip(run.outputs, host.run(xs), strict=True))
     return {
         "target": target,
         "elf": str(build.elf),
@@ -215,6 +219,12 @@ def _cross(
         "warnings": build.warnings,
         "qemu_inputs_tried": count,
         "qemu_identical_to_host": same,
+        "qemu_instructions_per_inference": instructions,  # one per input tried
+        "qemu_instructions_how": (
+            "guest instructions of one model call counted by QEMU (-icount shift=0, read "
+            f"from the MPS2 timer, {QEMU_INSTRUCTIONS_PER_TICK}-instruction resolution); "
+            "not cycles of a real core"
+        ),
     }
 
 
@@ -231,6 +241,7 @@ def _result(
         "model": model.source,
         "target": "host",
         "symbol": gen.symbol,
+        "files": [*sorted(gen.files), "result.json"],
         "plan_strategy": plan.strategy,
         "arena_bytes": {"plan": plan.arena_bytes, "compiled": lib.arena_bytes},
         "stack_scratch_bytes": gen.stack_scratch_bytes,
@@ -290,7 +301,8 @@ def generate(
     """Generate a self-contained C99 library for the model and its arena plan, build it
     with gcc and check it against TFLite Micro (int8, bit-exact) or ONNX Runtime (float).
 
-    Writes OUT/model.c, model.h, cl_kernels.h, main.c and result.json.
+    Writes OUT/model.c, model.h, cl_kernels.h, main.c and result.json (and cl_stages.h,
+    the row kernels, when the plan runs its first layers as a depth-first stage).
     """
     if target not in TARGETS:
         raise UsageError(f"target {target!r} is not built yet; available: {', '.join(TARGETS)}")
@@ -300,13 +312,15 @@ def generate(
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
     else:
         console.print(_table(result))
-        console.print(f"wrote {out}/model.c, model.h, cl_kernels.h, main.c, result.json")
+        console.print(f"wrote {out}/: {', '.join(result['files'])}")
     cross = result.get("cross")
     if cross is not None and not as_json:
         console.print(
             f"{cross['target']}: flash {cross['flash_bytes']:,} B, RAM {cross['ram_bytes']:,} B; "
             f"QEMU outputs identical to the host build on {cross['qemu_identical_to_host']}/"
-            f"{cross['qemu_inputs_tried']} inputs"
+            f"{cross['qemu_inputs_tried']} inputs; "
+            f"{statistics.median(cross['qemu_instructions_per_inference']):,.0f} instructions "
+            "per inference counted by QEMU (median; not real cycles)"
         )
     if not result["verification"]["ok"] or (
         cross is not None and cross["qemu_identical_to_host"] != cross["qemu_inputs_tried"]

@@ -9,11 +9,16 @@ and int8 im2col patch any kernel call needs).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from crosslevel.errors import InvalidModelError, UnsupportedOperatorError
 from crosslevel.ir.graph import Graph, Node, Tensor
 from crosslevel.memory.plan import Plan
+
+if TYPE_CHECKING:
+    from crosslevel.codegen.pieces import Region
 
 # Element types of activations (and of the generated function's inputs and outputs).
 CTYPES = {"int8": "int8_t", "float32": "float"}
@@ -30,7 +35,8 @@ class EmitContext:
         # node -> "direct" | "gemm": int8 convolution kernels measured by ``codegen.tune``
         self.forced_variants = dict(forced_variants or {})
         self.offsets = {b.id: b.offset for b in plan.tensors}
-        self.inplace_pairs = {p.node: p for p in plan.inplace}
+        # a stage's pair (its output over its source) is followed by ``codegen.stages``
+        self.inplace_pairs = {p.node: p for p in plan.inplace if p.granularity != "stage"}
         self.chunk_buffers = {b.node: b for b in plan.scratch if b.id.startswith("chunk:")}
         self.const_definitions: list[str] = []  # ``static const`` arrays, in first-use order
         self._const_ids: dict[str, str] = {}  # dedup key -> C identifier
@@ -38,11 +44,17 @@ class EmitContext:
         self.col_len = 0  # int8 elements of the im2col patch on the stack (0: none)
         self.variants: dict[str, str] = {}  # node -> kernel variant, reported to the caller
         self.profile_nodes: list[str] = []  # ``-DCL_PROFILE`` slot -> node
+        # while ``codegen.stages`` emits one step of a depth-first stage: the row region
+        # spatial kernels are called on, and C pointers to the rows other operators read
+        self.row_step: Region | None = None
+        self.row_pointers: dict[str, str] = {}
 
     def tensor_ptr(self, name: str, node: Node) -> str:
         """A typed C pointer to a tensor: its planned arena offset, or its constant array."""
         tensor = self.graph.tensor(name)
         ctype = c_type(tensor, node)
+        if name in self.row_pointers:
+            return f"(({ctype} *)({self.row_pointers[name]}))"
         if tensor.is_constant:
             return self.const_array(f"t:{name}", ctype, np.asarray(tensor.data).reshape(-1))
         return f"(({ctype} *)(cl_arena + {self.offsets[name]}))"

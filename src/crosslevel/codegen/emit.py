@@ -9,7 +9,8 @@ level planned inside one static arena of exactly the planned size (no malloc).
 
 This module is the model level: it checks the graph and the plan, walks the plan's
 operator order calling one emitter per operator (``op_window``, ``op_math``, ``op_copy``;
-in-place pieces in ``pieces``), and assembles the files (``c_files``). A graph the
+in-place pieces in ``pieces``; a depth-first stage's layers as one row-by-row loop in
+``stages``), and assembles the files (``c_files``). A graph the
 generator cannot compile fails with UnsupportedOperatorError naming the operator and the
 node, before any C is written.
 """
@@ -19,9 +20,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from crosslevel.codegen.c_files import (
     KERNEL_HEADER,
+    STAGES_HEADER,
     IOSpec,
     host_main,
     kernel_source,
@@ -32,6 +35,12 @@ from crosslevel.codegen.context import CTYPES, EmitContext
 from crosslevel.codegen.op_copy import emit_concat, emit_pad, emit_reshape
 from crosslevel.codegen.op_math import emit_add, emit_fully_connected, emit_mean, emit_softmax
 from crosslevel.codegen.op_window import CONV_CHOICES, emit_conv, emit_depthwise, emit_pool
+from crosslevel.codegen.stages import (
+    StagePlan,
+    checked_stages,
+    plan_without_stages,
+    stage_statements,
+)
 from crosslevel.errors import InvalidModelError, UnsupportedOperatorError
 from crosslevel.ir.graph import Graph, Node
 from crosslevel.memory.plan import InvalidPlanError, Plan, check_against_graph
@@ -94,17 +103,18 @@ def generate_c(
         )
     graph.validate()
     check_supported(graph)
-    nodes = _checked_order(graph, plan)
+    nodes, stages = _checked_order(graph, plan)
     ctx = EmitContext(graph, plan, variants)
-    body = [line for node in nodes for line in _node_statements(ctx, node)]
+    body = _body(ctx, nodes, stages)
     sym = c_symbol(name or graph.name)
     ins = [_io_spec(graph, n) for n in graph.inputs]
     outs = [_io_spec(graph, n) for n in graph.outputs]
+    headers = [KERNEL_HEADER, STAGES_HEADER] if stages else [KERNEL_HEADER]
     files = {
         "model.h": model_header(sym, ins, outs, plan.arena_bytes),
-        "model.c": model_source(sym, ctx, body, ins, outs, plan),
+        "model.c": model_source(sym, ctx, body, ins, outs, plan, headers),
         "main.c": host_main(sym, ins, outs),
-        KERNEL_HEADER: kernel_source(),
+        **{header: kernel_source(header) for header in headers},
     }
     return GeneratedModel(
         sym,
@@ -118,12 +128,26 @@ def generate_c(
     )
 
 
+def _body(ctx: EmitContext, nodes: list[Node], stages: list[StagePlan]) -> list[str]:
+    """The statements of the nodes in order; a stage's layers as one row-by-row loop
+    (which guards and profiles each step itself)."""
+    first = {sp.stage.nodes[0]: (i, sp) for i, sp in enumerate(stages)}
+    staged = {name for sp in stages for name in sp.stage.nodes}
+    body = []
+    for node in nodes:
+        if node.name in first:
+            index, stage = first[node.name]
+            emit = partial(stage_statements, ctx, stage, EMITTERS, index)
+            lines = _emitted(f"the stage at {node.name!r}", emit)
+            body += [*("  " + line for line in lines), "  CL_UNPOISON(0, sizeof(cl_arena));"]
+        elif node.name not in staged:
+            body += _node_statements(ctx, node)
+    return body
+
+
 def _node_statements(ctx: EmitContext, node: Node) -> list[str]:
     """The node's kernel call, framed by its ASan region check and its profile slot."""
-    try:
-        lines = EMITTERS[node.op](ctx, node)
-    except (ValueError, TypeError, KeyError) as exc:
-        raise InvalidModelError(f"node {node.name!r} ({node.op}): {exc}") from None
+    lines = _emitted(f"node {node.name!r} ({node.op})", partial(EMITTERS[node.op], ctx, node))
     slot = len(ctx.profile_nodes)
     ctx.profile_nodes.append(node.name)
     return [
@@ -132,6 +156,14 @@ def _node_statements(ctx: EmitContext, node: Node) -> list[str]:
         *("  " + line for line in lines),
         f"  CL_PROF_END({slot}); CL_UNPOISON(0, sizeof(cl_arena));",
     ]
+
+
+def _emitted(what: str, emit: Callable[[], list[str]]) -> list[str]:
+    """The statements ``emit`` makes; a malformed operand is one InvalidModelError."""
+    try:
+        return emit()
+    except (ValueError, TypeError, KeyError) as exc:
+        raise InvalidModelError(f"{what}: {exc}") from None
 
 
 def c_symbol(name: str) -> str:
@@ -161,17 +193,21 @@ def _io_spec(graph: Graph, name: str) -> IOSpec:
 # ----------------------------------------------------------------------------------
 # the plan, checked against the graph (a plan file is user input)
 # ----------------------------------------------------------------------------------
-def _checked_order(graph: Graph, plan: Plan) -> list[Node]:
-    """The plan's operator order, checked against the graph (names, topology, sizes)."""
-    if plan.patch_stages:
-        raise InvalidPlanError("plan: patch stages are not supported by the C generator yet")
-    check_against_graph(graph, plan)  # lifetimes and in-place walks, from the graph
+def _checked_order(graph: Graph, plan: Plan) -> tuple[list[Node], list[StagePlan]]:
+    """The plan's operator order and its depth-first stages, checked against the graph
+    (names, topology, sizes; a stage's schedule and line buffers)."""
+    if sorted(plan.order) != sorted(n.name for n in graph.nodes):
+        raise InvalidPlanError("plan: its operator order does not name the model's nodes")
+    stages = checked_stages(graph, plan)
+    # lifetimes and in-place walks, from the graph
+    check_against_graph(graph, plan_without_stages(plan, stages))
     by_name = {n.name: n for n in graph.nodes}
     nodes = [by_name[n] for n in plan.order]
     produced = _check_topology(graph, nodes)
-    _check_placements(graph, plan, produced)
+    in_rings = {name for sp in stages for name in sp.rings}
+    _check_placements(graph, plan, produced - in_rings)
     _check_inplace_ops(plan, nodes)
-    return nodes
+    return nodes, stages
 
 
 def _check_topology(graph: Graph, nodes: list[Node]) -> set[str]:
@@ -203,7 +239,7 @@ def _check_placements(graph: Graph, plan: Plan, produced: set[str]) -> None:
 def _check_inplace_ops(plan: Plan, nodes: list[Node]) -> None:
     ops = {n.name: n.op for n in nodes}
     for pair in plan.inplace:
-        if ops.get(pair.node) not in INPLACE_OPS:
+        if pair.granularity != "stage" and ops.get(pair.node) not in INPLACE_OPS:
             raise InvalidPlanError(
                 f"plan: in-place pair at {pair.node!r} ({ops.get(pair.node)}) is not supported "
                 "by the C generator"

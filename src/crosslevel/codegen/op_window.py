@@ -92,6 +92,16 @@ def _check_window(node: Node, win: Window) -> None:
             )
 
 
+def node_window(ctx: EmitContext, node: Node) -> Window:
+    """The window of a convolution, depthwise convolution or pooling node."""
+    if node.op == "CONV_2D" or node.op == "DEPTHWISE_CONV_2D":
+        w = const_input(ctx.graph, node, 1)
+        if w is None or w.ndim != 4:
+            raise InvalidModelError(f"node {node.name!r}: weights are not OHWI")
+        return _window(ctx, node, (w.shape[1], w.shape[2]), dilated=True)
+    return _window(ctx, node, int_pair(node.attrs.get("kernel")), dilated=False)
+
+
 def _spatial(ctx: EmitContext, node: Node, win: Window) -> SpatialNode:
     ins, outs = (win.ih, win.iw, win.cin), (win.oh, win.ow, win.cout)
     return spatial_node(ctx, node, ins, outs, (win.sh, win.sw), win.pads[:2])
@@ -122,7 +132,7 @@ def _conv_f32(
 
     def call(r: Region) -> list[str]:
         return [
-            f"cl_conv_f32({r.x}, {c_args(r.ih, r.iw, win.cin)}, {wt}, {b},",
+            f"{r.kernel}conv_f32({r.x}, {c_args(r.ih, r.iw, win.cin)}, {wt}, {b},",
             f"            {c_args(*win.geometry, r.pad_top, r.pad_left)},",
             f"            {r.y}, {c_args(r.oh, r.ow, win.cout)}, {lo}, {hi});",
         ]
@@ -157,7 +167,7 @@ def _direct_s8(
 
     def call(r: Region) -> list[str]:
         return [
-            f"cl_conv_s8_direct({r.x}, {c_args(r.ih, r.iw, win.cin)}, {wt}, {ba},",
+            f"{r.kernel}conv_s8_direct({r.x}, {c_args(r.ih, r.iw, win.cin)}, {wt}, {ba},",
             f"                  {c_args(*win.geometry, r.pad_top, r.pad_left)},",
             f"                  {r.y}, {c_args(r.oh, r.ow, win.cout, -in_zp)}, {stage}, acc);",
         ]
@@ -178,7 +188,7 @@ def _gemm_s8(
 
         def call_1x1(r: Region) -> list[str]:
             return [
-                f"cl_conv_s8_1x1({r.x}, {c_args(r.ih, r.iw, win.cin)}, {wa}, {ba}, "
+                f"{r.kernel}conv_s8_1x1({r.x}, {c_args(r.ih, r.iw, win.cin)}, {wa}, {ba}, "
                 f"{c_args(win.sh, win.sw)},",
                 f"               {r.y}, {c_args(r.oh, r.ow, win.cout)}, {stage}, acc);",
             ]
@@ -188,7 +198,7 @@ def _gemm_s8(
 
     def call_im2col(r: Region) -> list[str]:
         return [
-            f"cl_conv_s8_im2col({r.x}, {c_args(r.ih, r.iw, win.cin)}, {wa}, {ba},",
+            f"{r.kernel}conv_s8_im2col({r.x}, {c_args(r.ih, r.iw, win.cin)}, {wa}, {ba},",
             f"                  {c_args(*win.geometry, r.pad_top, r.pad_left)},",
             f"                  {r.y}, {c_args(r.oh, r.ow, win.cout, in_zp)}, {stage},",
             "                  acc, col);",
@@ -230,20 +240,20 @@ def emit_depthwise(ctx: EmitContext, node: Node) -> list[str]:
     input_offset: tuple[int, ...] = ()  # the int8 kernel adds -zp_in to each input value
     if dtype == "float32":
         wa, b, lo, hi = float_params(ctx, node, w.reshape(-1))
-        fn, tail = "cl_dwconv_f32", f"{lo}, {hi}"
+        fn, tail = "dwconv_f32", f"{lo}, {hi}"
     else:
         _, in_zp = quant_params(ctx.graph, node.inputs[0], node)
         mult, shift, zp_range = output_stage(ctx, node, int8_weight_scales(ctx.graph, node), cout)
         wa = ctx.const_array(f"w:{node.name}", "int8_t", w.reshape(-1))
         b = ctx.const_array(f"b:{node.name}", "int32_t", int32_bias(ctx.graph, node, cout))
         ctx.need_acc(cout)
-        fn, tail = "cl_dwconv_s8", f"{mult}, {shift}, {zp_range}, acc"
+        fn, tail = "dwconv_s8", f"{mult}, {shift}, {zp_range}, acc"
         input_offset = (-in_zp,)
-    indent = " " * (len(fn) + 1)
 
     def call(r: Region) -> list[str]:
+        indent = " " * (len(r.kernel + fn) + 1)
         return [
-            f"{fn}({r.x}, {c_args(r.ih, r.iw, cin, mul)}, {wa}, {b},",
+            f"{r.kernel}{fn}({r.x}, {c_args(r.ih, r.iw, cin, mul)}, {wa}, {b},",
             f"{indent}{c_args(*win.geometry, r.pad_top, r.pad_left)},",
             f"{indent}{r.y}, {c_args(r.oh, r.ow, *input_offset)}, {tail});",
         ]
@@ -267,17 +277,17 @@ def emit_pool(ctx: EmitContext, node: Node) -> list[str]:
     ctx.variants[node.name] = f"{kind}pool"
     if dtype == "float32":
         lo, hi = FLOAT_CLAMPS[fused_activation(node)]
-        fn, tail = f"cl_{kind}pool_f32", f"{lo}, {hi}"
+        fn, tail = f"{kind}pool_f32", f"{lo}, {hi}"
     else:
         out_scale, out_zp = quant_params(ctx.graph, node.outputs[0], node)
         quant_params(ctx.graph, node.inputs[0], node)  # the input must be per-tensor too
         lo_i, hi_i = k.activation_range(fused_activation(node), out_scale, out_zp)
-        fn, tail = f"cl_{kind}pool_s8", c_ints(lo_i, hi_i) + (", acc" if kind == "avg" else "")
+        fn, tail = f"{kind}pool_s8", c_ints(lo_i, hi_i) + (", acc" if kind == "avg" else "")
         if kind == "avg":
             ctx.need_acc(ch)
 
     def call(r: Region) -> list[str]:
         geometry = c_args(r.ih, r.iw, ch, win.kh, win.kw, win.sh, win.sw, r.pad_top, r.pad_left)
-        return [f"{fn}({r.x}, {geometry}, {r.y}, {c_args(r.oh, r.ow)}, {tail});"]
+        return [f"{r.kernel}{fn}({r.x}, {geometry}, {r.y}, {c_args(r.oh, r.ow)}, {tail});"]
 
     return emit_spatial(ctx, node, call, spatial)

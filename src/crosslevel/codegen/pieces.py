@@ -10,6 +10,10 @@ A piece is computed by calling the ordinary kernel on a shifted window: output r
 is row 0 of a window whose top padding is ``pad_top - k * stride`` (a negative padding
 starts the window ``k * stride - pad_top`` rows into the input), so the kernels need no
 piece-aware variant.
+
+A step of a depth-first stage (``codegen.stages``) is a piece too: one output row, made
+by the row twin of the kernel (``cl_stages.h``, prefix ``cl_row_``) from row pointers,
+because the stage's input rows sit in a line buffer where they need not be adjacent.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from crosslevel.memory.plan import InvalidPlanError, PlannedBuffer
 @dataclass(frozen=True)
 class Region:
     """The geometry arguments of one spatial kernel call. Paddings are integers, or C
-    expressions of the piece index ``k`` when the call computes one piece."""
+    expressions of the piece index ``k`` when the call computes one piece. ``kernel``
+    prefixes the kernel's name: "cl_row_" when ``x`` names an array of row pointers."""
 
     x: str
     ih: int
@@ -36,6 +41,7 @@ class Region:
     y: str
     oh: int
     ow: int
+    kernel: str = "cl_"
 
 
 KernelCall = Callable[[Region], list[str]]  # the C lines calling a kernel on a region
@@ -84,7 +90,10 @@ def spatial_node(
 
 
 def emit_spatial(ctx: EmitContext, node: Node, call: KernelCall, s: SpatialNode) -> list[str]:
-    """One kernel call over the whole tensors, or (in-place pair) a loop over the pieces."""
+    """One kernel call over the whole tensors, or (in-place pair) a loop over the pieces,
+    or (the step of a depth-first stage being emitted) the call of ``ctx.row_step``."""
+    if ctx.row_step is not None:
+        return call(ctx.row_step)
     pair = ctx.inplace_pairs.get(node.name)
     if pair is None:
         return call(s.whole())

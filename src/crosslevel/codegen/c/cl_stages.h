@@ -1,0 +1,285 @@
+/* crosslevel row kernels for depth-first stages (memory/depth_first.py): each call makes
+ * ONE output row from the input rows its window reads, given as row pointers, because a
+ * stage keeps its inner tensors in line buffers (rings) where consecutive rows need not be
+ * adjacent in memory. rows[ky] points at the input row under kernel tap ky (NULL when
+ * that row is outside the image), so these kernels take the arguments of their
+ * whole-tensor twins in cl_kernels.h (the generator emits both from one call template)
+ * with the input pointer replaced by the rows; ih, sh, dh and pt were used to pick the
+ * rows and are unused here. The arithmetic is the twins' (TFLite's, bit-exact).
+ * Include after cl_kernels.h. */
+#ifndef CL_STAGES_H
+#define CL_STAGES_H
+
+#define CL_ROW_UNUSED(ih, sh, dh, pt, oh) ((void)(ih), (void)(sh), (void)(dh), (void)(pt), (void)(oh))
+
+/* ------------------------------------------------------------------ int8 */
+static inline void cl_row_conv_s8_direct(
+    const int8_t *const *rows, int ih, int iw, int cin, const int8_t *CL_RESTRICT w,
+    const int32_t *CL_RESTRICT bias, int kh, int kw, int sh, int sw, int dh, int dw, int pt,
+    int pl, int8_t *CL_RESTRICT y, int oh, int ow, int cout, int32_t in_off,
+    const int32_t *CL_RESTRICT mult, const int32_t *CL_RESTRICT shift, int32_t zp, int32_t lo,
+    int32_t hi, int32_t *CL_RESTRICT acc) {
+  CL_ROW_UNUSED(ih, sh, dh, pt, oh);
+  for (int ox = 0; ox < ow; ++ox) {
+    for (int c = 0; c < cout; ++c) acc[c] = bias ? bias[c] : 0;
+    for (int ky = 0; ky < kh; ++ky) {
+      if (!rows[ky]) continue;
+      for (int kx = 0; kx < kw; ++kx) {
+        int ix = ox * sw - pl + kx * dw;
+        if (ix < 0 || ix >= iw) continue;
+        const int8_t *xp = rows[ky] + (size_t)ix * cin;
+        const int8_t *wp = w + ((size_t)ky * kw + kx) * cin * cout;
+        for (int ic = 0; ic < cin; ++ic) {
+          int32_t xv = (int32_t)xp[ic] + in_off;
+          const int8_t *wr = wp + (size_t)ic * cout;
+          for (int c = 0; c < cout; ++c) acc[c] += xv * (int32_t)wr[c];
+        }
+      }
+    }
+    cl_requant_row(acc, y + (size_t)ox * cout, cout, mult, shift, zp, lo, hi);
+  }
+}
+
+static inline void cl_row_conv_s8_1x1(const int8_t *const *rows, int ih, int iw, int cin,
+                                      const int8_t *CL_RESTRICT w,
+                                      const int32_t *CL_RESTRICT bias_f, int sh, int sw,
+                                      int8_t *CL_RESTRICT y, int oh, int ow, int cout,
+                                      const int32_t *CL_RESTRICT mult,
+                                      const int32_t *CL_RESTRICT shift, int32_t zp, int32_t lo,
+                                      int32_t hi, int32_t *CL_RESTRICT acc) {
+  CL_ROW_UNUSED(ih, sh, 0, 0, oh);
+  (void)iw;
+  for (int ox = 0; ox < ow; ++ox) {
+    cl_gemv_s8(rows[0] + (size_t)ox * sw * cin, w, bias_f, cin, cout, acc);
+    cl_requant_row(acc, y + (size_t)ox * cout, cout, mult, shift, zp, lo, hi);
+  }
+}
+
+static inline void cl_row_conv_s8_im2col(
+    const int8_t *const *rows, int ih, int iw, int cin, const int8_t *CL_RESTRICT w,
+    const int32_t *CL_RESTRICT bias_f, int kh, int kw, int sh, int sw, int dh, int dw, int pt,
+    int pl, int8_t *CL_RESTRICT y, int oh, int ow, int cout, int8_t in_zp,
+    const int32_t *CL_RESTRICT mult, const int32_t *CL_RESTRICT shift, int32_t zp, int32_t lo,
+    int32_t hi, int32_t *CL_RESTRICT acc, int8_t *CL_RESTRICT col) {
+  int k = kh * kw * cin;
+  CL_ROW_UNUSED(ih, sh, dh, pt, oh);
+  for (int ox = 0; ox < ow; ++ox) {
+    int8_t *cp = col;
+    for (int ky = 0; ky < kh; ++ky) {
+      for (int kx = 0; kx < kw; ++kx, cp += cin) {
+        int ix = ox * sw - pl + kx * dw;
+        if (!rows[ky] || ix < 0 || ix >= iw) {
+          memset(cp, in_zp, (size_t)cin);
+        } else {
+          memcpy(cp, rows[ky] + (size_t)ix * cin, (size_t)cin);
+        }
+      }
+    }
+    cl_gemv_s8(col, w, bias_f, k, cout, acc);
+    cl_requant_row(acc, y + (size_t)ox * cout, cout, mult, shift, zp, lo, hi);
+  }
+}
+
+static inline void cl_row_dwconv_s8(const int8_t *const *rows, int ih, int iw, int cin, int mul,
+                                    const int8_t *CL_RESTRICT w, const int32_t *CL_RESTRICT bias,
+                                    int kh, int kw, int sh, int sw, int dh, int dw, int pt, int pl,
+                                    int8_t *CL_RESTRICT y, int oh, int ow, int32_t in_off,
+                                    const int32_t *CL_RESTRICT mult,
+                                    const int32_t *CL_RESTRICT shift, int32_t zp, int32_t lo,
+                                    int32_t hi, int32_t *CL_RESTRICT acc) {
+  int cout = cin * mul;
+  CL_ROW_UNUSED(ih, sh, dh, pt, oh);
+  for (int ox = 0; ox < ow; ++ox) {
+    for (int c = 0; c < cout; ++c) acc[c] = bias ? bias[c] : 0;
+    for (int ky = 0; ky < kh; ++ky) {
+      if (!rows[ky]) continue;
+      for (int kx = 0; kx < kw; ++kx) {
+        int ix = ox * sw - pl + kx * dw;
+        if (ix < 0 || ix >= iw) continue;
+        const int8_t *xp = rows[ky] + (size_t)ix * cin;
+        const int8_t *wp = w + ((size_t)ky * kw + kx) * cout;
+        if (mul == 1) {
+          for (int c = 0; c < cout; ++c) acc[c] += ((int32_t)xp[c] + in_off) * (int32_t)wp[c];
+        } else {
+          for (int c = 0; c < cout; ++c) acc[c] += ((int32_t)xp[c / mul] + in_off) * (int32_t)wp[c];
+        }
+      }
+    }
+    cl_requant_row(acc, y + (size_t)ox * cout, cout, mult, shift, zp, lo, hi);
+  }
+}
+
+static inline void cl_row_avgpool_s8(const int8_t *const *rows, int ih, int iw, int ch, int kh,
+                                     int kw, int sh, int sw, int pt, int pl,
+                                     int8_t *CL_RESTRICT y, int oh, int ow, int32_t lo,
+                                     int32_t hi, int32_t *CL_RESTRICT acc) {
+  CL_ROW_UNUSED(ih, sh, 0, pt, oh);
+  for (int ox = 0; ox < ow; ++ox) {
+    int count = 0;
+    for (int c = 0; c < ch; ++c) acc[c] = 0;
+    for (int ky = 0; ky < kh; ++ky) {
+      if (!rows[ky]) continue;
+      for (int kx = 0; kx < kw; ++kx) {
+        int ix = ox * sw - pl + kx;
+        if (ix < 0 || ix >= iw) continue;
+        const int8_t *xp = rows[ky] + (size_t)ix * ch;
+        for (int c = 0; c < ch; ++c) acc[c] += xp[c];
+        ++count;
+      }
+    }
+    int8_t *yp = y + (size_t)ox * ch;
+    for (int c = 0; c < ch; ++c) {
+      int32_t s = acc[c];
+      int32_t avg = (s > 0 ? s + count / 2 : s - count / 2) / count; /* C truncation */
+      yp[c] = cl_clamp8(avg, lo, hi);
+    }
+  }
+}
+
+static inline void cl_row_maxpool_s8(const int8_t *const *rows, int ih, int iw, int ch, int kh,
+                                     int kw, int sh, int sw, int pt, int pl,
+                                     int8_t *CL_RESTRICT y, int oh, int ow, int32_t lo,
+                                     int32_t hi) {
+  CL_ROW_UNUSED(ih, sh, 0, pt, oh);
+  for (int ox = 0; ox < ow; ++ox) {
+    int8_t *yp = y + (size_t)ox * ch;
+    for (int c = 0; c < ch; ++c) yp[c] = INT8_MIN;
+    for (int ky = 0; ky < kh; ++ky) {
+      if (!rows[ky]) continue;
+      for (int kx = 0; kx < kw; ++kx) {
+        int ix = ox * sw - pl + kx;
+        if (ix < 0 || ix >= iw) continue;
+        const int8_t *xp = rows[ky] + (size_t)ix * ch;
+        for (int c = 0; c < ch; ++c) yp[c] = xp[c] > yp[c] ? xp[c] : yp[c];
+      }
+    }
+    for (int c = 0; c < ch; ++c) yp[c] = cl_clamp8(yp[c], lo, hi);
+  }
+}
+
+/* A global average pool fed row by row: sums[c] (int64, in the arena) += row r's
+ * column sums; after the last row, TFLM's rounded average of all h*w pixels. */
+static inline void cl_row_sum_s8(const int8_t *CL_RESTRICT x, int iw, int ch, int first,
+                                 int64_t *CL_RESTRICT sums) {
+  if (first) for (int c = 0; c < ch; ++c) sums[c] = 0;
+  for (int ix = 0; ix < iw; ++ix) {
+    for (int c = 0; c < ch; ++c) sums[c] += x[(size_t)ix * ch + c];
+  }
+}
+
+static inline void cl_mean_of_sums_s8(const int64_t *CL_RESTRICT sums, int ch, int64_t count,
+                                      int8_t *CL_RESTRICT y, int32_t lo, int32_t hi) {
+  for (int c = 0; c < ch; ++c) {
+    int64_t s = sums[c];
+    int64_t avg = (s > 0 ? s + count / 2 : s - count / 2) / count; /* C truncation */
+    y[c] = (int8_t)(avg < lo ? lo : (avg > hi ? hi : avg));
+  }
+}
+
+/* ------------------------------------------------------------------ float32 */
+static inline void cl_row_conv_f32(const float *const *rows, int ih, int iw, int cin,
+                                   const float *CL_RESTRICT w, const float *CL_RESTRICT bias,
+                                   int kh, int kw, int sh, int sw, int dh, int dw, int pt, int pl,
+                                   float *CL_RESTRICT y, int oh, int ow, int cout, float lo,
+                                   float hi) {
+  CL_ROW_UNUSED(ih, sh, dh, pt, oh);
+  for (int ox = 0; ox < ow; ++ox) {
+    float *yp = y + (size_t)ox * cout;
+    for (int c = 0; c < cout; ++c) yp[c] = bias ? bias[c] : 0.0f;
+    for (int ky = 0; ky < kh; ++ky) {
+      if (!rows[ky]) continue;
+      for (int kx = 0; kx < kw; ++kx) {
+        int ix = ox * sw - pl + kx * dw;
+        if (ix < 0 || ix >= iw) continue;
+        const float *xp = rows[ky] + (size_t)ix * cin;
+        const float *wp = w + ((size_t)ky * kw + kx) * cin * cout;
+        for (int ic = 0; ic < cin; ++ic) {
+          const float *wr = wp + (size_t)ic * cout;
+          for (int c = 0; c < cout; ++c) yp[c] += xp[ic] * wr[c];
+        }
+      }
+    }
+    for (int c = 0; c < cout; ++c) yp[c] = cl_clampf(yp[c], lo, hi);
+  }
+}
+
+static inline void cl_row_dwconv_f32(const float *const *rows, int ih, int iw, int cin, int mul,
+                                     const float *CL_RESTRICT w, const float *CL_RESTRICT bias,
+                                     int kh, int kw, int sh, int sw, int dh, int dw, int pt,
+                                     int pl, float *CL_RESTRICT y, int oh, int ow, float lo,
+                                     float hi) {
+  int cout = cin * mul;
+  CL_ROW_UNUSED(ih, sh, dh, pt, oh);
+  for (int ox = 0; ox < ow; ++ox) {
+    float *yp = y + (size_t)ox * cout;
+    for (int c = 0; c < cout; ++c) yp[c] = bias ? bias[c] : 0.0f;
+    for (int ky = 0; ky < kh; ++ky) {
+      if (!rows[ky]) continue;
+      for (int kx = 0; kx < kw; ++kx) {
+        int ix = ox * sw - pl + kx * dw;
+        if (ix < 0 || ix >= iw) continue;
+        const float *xp = rows[ky] + (size_t)ix * cin;
+        const float *wp = w + ((size_t)ky * kw + kx) * cout;
+        for (int c = 0; c < cout; ++c) yp[c] += xp[c / mul] * wp[c];
+      }
+    }
+    for (int c = 0; c < cout; ++c) yp[c] = cl_clampf(yp[c], lo, hi);
+  }
+}
+
+static inline void cl_row_avgpool_f32(const float *const *rows, int ih, int iw, int ch, int kh,
+                                      int kw, int sh, int sw, int pt, int pl,
+                                      float *CL_RESTRICT y, int oh, int ow, float lo, float hi) {
+  CL_ROW_UNUSED(ih, sh, 0, pt, oh);
+  for (int ox = 0; ox < ow; ++ox) {
+    float *yp = y + (size_t)ox * ch;
+    int count = 0;
+    for (int c = 0; c < ch; ++c) yp[c] = 0.0f;
+    for (int ky = 0; ky < kh; ++ky) {
+      if (!rows[ky]) continue;
+      for (int kx = 0; kx < kw; ++kx) {
+        int ix = ox * sw - pl + kx;
+        if (ix < 0 || ix >= iw) continue;
+        const float *xp = rows[ky] + (size_t)ix * ch;
+        for (int c = 0; c < ch; ++c) yp[c] += xp[c];
+        ++count;
+      }
+    }
+    for (int c = 0; c < ch; ++c) yp[c] = cl_clampf(yp[c] / (float)count, lo, hi);
+  }
+}
+
+static inline void cl_row_maxpool_f32(const float *const *rows, int ih, int iw, int ch, int kh,
+                                      int kw, int sh, int sw, int pt, int pl,
+                                      float *CL_RESTRICT y, int oh, int ow, float lo, float hi) {
+  CL_ROW_UNUSED(ih, sh, 0, pt, oh);
+  for (int ox = 0; ox < ow; ++ox) {
+    float *yp = y + (size_t)ox * ch;
+    for (int c = 0; c < ch; ++c) yp[c] = -FLT_MAX;
+    for (int ky = 0; ky < kh; ++ky) {
+      if (!rows[ky]) continue;
+      for (int kx = 0; kx < kw; ++kx) {
+        int ix = ox * sw - pl + kx;
+        if (ix < 0 || ix >= iw) continue;
+        const float *xp = rows[ky] + (size_t)ix * ch;
+        for (int c = 0; c < ch; ++c) yp[c] = xp[c] > yp[c] ? xp[c] : yp[c];
+      }
+    }
+    for (int c = 0; c < ch; ++c) yp[c] = cl_clampf(yp[c], lo, hi);
+  }
+}
+
+static inline void cl_row_sum_f32(const float *CL_RESTRICT x, int iw, int ch, int first,
+                                  double *CL_RESTRICT sums) {
+  if (first) for (int c = 0; c < ch; ++c) sums[c] = 0.0;
+  for (int ix = 0; ix < iw; ++ix) {
+    for (int c = 0; c < ch; ++c) sums[c] += (double)x[(size_t)ix * ch + c];
+  }
+}
+
+static inline void cl_mean_of_sums_f32(const double *CL_RESTRICT sums, int ch, int64_t count,
+                                       float *CL_RESTRICT y) {
+  for (int c = 0; c < ch; ++c) y[c] = (float)(sums[c] / (double)count);
+}
+
+#endif /* CL_STAGES_H */
