@@ -2,9 +2,10 @@
 
 On the built-in default of `crosslevel optimize` (digits_cnn on scikit-learn digits,
 target stm32g031k8: 8 KiB SRAM, 64 KiB flash, where the unoptimized float model fits
-neither), three searches per sampler seed, each with the same budget of distinct knob
-combinations: the joint space (model + memory levels), the model level alone (memory at
-TFLM's planner) and the memory level alone (the float model as trained). Per search:
+neither), five searches per sampler seed, each with the same budget of distinct knob
+combinations: the joint space (model, graph, memory and operator levels) and each level
+alone (the others at their unoptimized setting: the float model as exported, no graph
+pass, TFLM's planner, the C generator's default kernels). Per search:
 
 * hypervolume of (predicted latency, peak RAM, flash) over the measured points that meet
   the device's limits and lose at most 1 pp of accuracy (accuracy over 3 data seeds), with
@@ -33,8 +34,9 @@ from rich.table import Table
 
 from crosslevel.hardware.devices import get_device
 from crosslevel.search.defaults import DEFAULT_DATA, DEFAULT_DEVICE, DEFAULT_MODEL
-from crosslevel.search.levels import MemoryLevel, ModelLevel
+from crosslevel.search.levels import ModelLevel
 from crosslevel.search.objectives import device_demands
+from crosslevel.search.optimize import preserving_levels
 from crosslevel.search.space import Space
 from crosslevel.search.study import (
     Evaluator,
@@ -71,9 +73,9 @@ def main() -> None:
     device = get_device(DEFAULT_DEVICE)
     demands = device_demands(device)
     model = ModelLevel(DEFAULT_MODEL, DEFAULT_DATA, seeds=args.data_seeds, epochs=args.epochs)
-    joint = Space([model, MemoryLevel()])
-    spaces = {"joint": joint, "model only": joint.restricted(["model"]),
-              "memory only": joint.restricted(["memory"])}  # fmt: skip
+    joint = Space(preserving_levels(model, None))
+    spaces = {"joint": joint, **{f"{lv.name} only": joint.restricted([lv.name])
+                                 for lv in joint.levels}}  # fmt: skip
     rows: list[dict[str, Any]] = []
     start = time.monotonic()
     for seed in (int(s) for s in args.seeds.split(",")):

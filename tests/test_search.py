@@ -283,3 +283,22 @@ def test_feasibility_of_stored_trials_is_recomputed_not_trusted(tmp_path: Path) 
     stored = next(r for r in res.records if r.params == params)
     assert res.resumed_from == 1 and not stored.feasible
     assert all(all(meets(r.values, DEMANDS).values()) for r in res.feasible_front())
+
+
+def synthetic_space() -> Space:
+    """The synthetic space by an importable name: what Ray workers build (``SpaceSpec``)."""
+    return make_space()[0]
+
+
+def test_variant_table_keeps_the_front_extremes() -> None:
+    from crosslevel.search.optimize import variant_table
+    from crosslevel.search.study import Record
+
+    def rec(n: int, drop: float, ms: float) -> Record:
+        return Record(n, {"k": n}, [drop, ms, 1.0, 1.0], "measured", {}, True)
+
+    chosen, accurate, fastest = rec(0, 0.5, 20.0), rec(1, 0.0, 90.0), rec(2, 9.0, 2.0)
+    order = [chosen, rec(3, 0.6, 19.0), rec(4, 0.7, 18.0), accurate, fastest]
+    table = variant_table(chosen, order, 3)
+    assert table == [chosen, accurate, fastest]
+    assert variant_table(chosen, order, 10) == [chosen, accurate, fastest, order[1], order[2]]

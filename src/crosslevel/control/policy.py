@@ -1,8 +1,10 @@
 """Context, traces and the switching policies.
 
-A variant is feasible under a context when its expected latency (its latency here
-divided by the CPU share left, ``1 - cpu_load``) meets the deadline and what it holds
-resident (weights + arena) fits the memory available. Policies:
+A variant is feasible under a context when its expected latency (``expected_ms``: its
+latency divided by the CPU share left, ``1 - cpu_load``; a split variant adds the
+transfer at the current bandwidth, the round trip and its remote part) meets the
+deadline and what it holds resident (weights + arena) fits the memory available.
+Policies:
 
 * ``greedy``: every tick, the most accurate feasible variant (the fastest when none is);
 * ``ours``: the same choice, with hysteresis so it does not flap: it leaves an infeasible
@@ -10,8 +12,11 @@ resident (weights + arena) fits the memory available. Policies:
   feasible with a ``margin`` of spare deadline for ``hold`` consecutive ticks;
 * ``static:NAME``: always NAME.
 
-Under ``low_battery_pct`` every adaptive policy takes the fastest feasible variant: on
-one core, energy per inference is active power x latency.
+Battery saving is opt-in (``low_battery_pct`` > 0, `adapt --low-battery PCT`): under
+it an adaptive policy takes the fastest feasible variant within ``battery_tolerance`` (a
+fraction, 0.01 = 1 pp) of the most accurate feasible one: on one core, energy per
+inference is active power x latency. Off by default, because it trades served accuracy
+for energy, and the served accuracy is what the replay's targets compare.
 """
 
 from __future__ import annotations
@@ -79,7 +84,17 @@ def write_trace(path: str | Path, trace: list[Context]) -> None:
 
 
 def expected_ms(v: Variant, ctx: Context) -> float:
-    return v.latency_ms / max(MIN_CPU_SHARE, 1.0 - ctx.cpu_load)
+    """Latency under ``ctx``: device compute slowed by the CPU share others take; for a
+    split variant plus the transfer at the current bandwidth, one round trip and the
+    remote part (no bandwidth: it cannot answer)."""
+    share = max(MIN_CPU_SHARE, 1.0 - ctx.cpu_load)
+    if v.split is None:
+        return v.latency_ms / share
+    if ctx.bandwidth_mbps <= 0:
+        return math.inf
+    bits = 8.0 * (v.split.up_bytes + v.split.down_bytes)
+    transfer_ms = bits / (ctx.bandwidth_mbps * 1e3)  # Mbit/s = 1e3 bit/ms
+    return v.split.device_ms / share + transfer_ms + ctx.rtt_ms + v.split.remote_ms
 
 
 def feasible(v: Variant, ctx: Context, deadline_ms: float, margin: float = 0.0) -> bool:
@@ -97,7 +112,8 @@ class Policy:
     deadline_ms: float
     hold: int = 0
     margin: float = 0.0
-    low_battery_pct: float = 20.0
+    low_battery_pct: float = 0.0  # 0: battery saving off
+    battery_tolerance: float = 0.01
     static: str | None = None
     _streak: dict[str, int] = field(default_factory=dict)
 
@@ -116,15 +132,18 @@ class Policy:
         ok = [v for v in self.variants if feasible(v, ctx, self.deadline_ms, margin)]
         if not ok:
             return None
+        best = max(ok, key=lambda v: (v.served_accuracy, -expected_ms(v, ctx)))
         if ctx.battery_pct < self.low_battery_pct:
-            return min(ok, key=lambda v: (v.latency_ms, -v.served_accuracy))
-        return max(ok, key=lambda v: (v.served_accuracy, -v.latency_ms))
+            floor = best.served_accuracy - self.battery_tolerance
+            near = [v for v in ok if v.served_accuracy >= floor]
+            return min(near, key=lambda v: (expected_ms(v, ctx), -v.served_accuracy))
+        return best
 
     def fallback(self, ctx: Context) -> Variant:
         """Nothing feasible: the variant that misses by the least (memory first)."""
         fits = [v for v in self.variants if v.memory_bytes <= ctx.mem_available_bytes]
         return min(fits or self.variants, key=lambda v: (v.memory_bytes if not fits else 0,
-                                                         v.latency_ms))  # fmt: skip
+                                                         expected_ms(v, ctx)))  # fmt: skip
 
     def decide(self, ctx: Context, current: Variant | None) -> Variant:
         if self.static is not None:

@@ -18,6 +18,18 @@ FORMAT = "crosslevel.variants/1"
 
 
 @dataclass(frozen=True)
+class Split:
+    """A variant whose model is cut between the device and a remote (edge/cloud) part:
+    per request the device computes ``device_ms`` (on the device alone), sends
+    ``up_bytes``, the remote computes ``remote_ms`` and sends back ``down_bytes``."""
+
+    device_ms: float
+    remote_ms: float
+    up_bytes: int
+    down_bytes: int
+
+
+@dataclass(frozen=True)
 class Variant:
     name: str
     onnx_path: Path
@@ -26,6 +38,7 @@ class Variant:
     latency_kind: str
     peak_ram_bytes: int
     file_bytes: int
+    split: Split | None = None  # None: runs wholly on the device
 
     @property
     def served_accuracy(self) -> float:
@@ -84,6 +97,7 @@ def _variant(entry: Any, path: Path, i: int) -> Variant:
     accuracy = _number(acc["mean"], path, f"{where}.accuracy") if "mean" in acc else None
     if accuracy is not None and accuracy > 1.0:
         raise _fail(path, f"{where}.accuracy.mean is a fraction (0..1), got {accuracy!r}")
+    split = _split(entry.get("split"), path, where)
     lat = entry.get("latency_ms")
     if not isinstance(lat, dict):
         raise _fail(path, f"{where} has no latency")
@@ -92,8 +106,19 @@ def _variant(entry: Any, path: Path, i: int) -> Variant:
         latency_ms=_number(lat.get("value"), path, f"{where}.latency_ms"),
         latency_kind=str(lat.get("kind", "")),
         peak_ram_bytes=int(_number(entry.get("peak_ram_bytes"), path, f"{where}.peak_ram_bytes")),
-        file_bytes=onnx_path.stat().st_size,
+        file_bytes=onnx_path.stat().st_size, split=split,
     )  # fmt: skip
+
+
+def _split(value: Any, path: Path, where: str) -> Split | None:
+    """``split`` is null (device only) or {device_ms, remote_ms, up_bytes, down_bytes}."""
+    if value is None:
+        return None
+    keys = ("device_ms", "remote_ms", "up_bytes", "down_bytes")
+    if not isinstance(value, dict) or not all(k in value for k in keys):
+        raise _fail(path, f"{where}.split must be null or an object with {', '.join(keys)}")
+    n = {k: _number(value[k], path, f"{where}.split.{k}") for k in keys}
+    return Split(n["device_ms"], n["remote_ms"], int(n["up_bytes"]), int(n["down_bytes"]))
 
 
 def load_variants(path: str | Path) -> list[Variant]:

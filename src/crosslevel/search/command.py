@@ -103,9 +103,19 @@ def optimize_command(
     cache_dir: Annotated[
         Path | None, typer.Option(help="Baseline cache (default ~/.cache/crosslevel).")
     ] = None,
+    ray: Annotated[
+        bool,
+        typer.Option("--ray", help="Evaluate trials on a local Ray cluster (2 CPUs) started here."),
+    ] = False,
+    ray_address: Annotated[
+        str | None,
+        typer.Option("--ray-address", help="Evaluate trials on the Ray cluster at ADDR (joined)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print result.json.")] = False,
 ) -> None:
-    """Search the model and memory levels jointly for a device and demands.
+    """Search the model, graph, memory and operator levels jointly for a device and demands.
+
+    The driver holds the study; with --ray or --ray-address, Ray workers evaluate trials.
 
     Prints the Pareto front and the demands each point meets; writes OUT/report.html,
     OUT/result.json, OUT/variants.json and the chosen point's OUT/model.onnx,
@@ -125,7 +135,7 @@ def optimize_command(
         max_ram_kib=max_ram_kb, max_flash_kib=max_flash_kb,
         max_accuracy_drop_pp=max_accuracy_drop, settings=settings, seeds=seeds,
         epochs=epochs, ablation_budget=ablation_budget, cache_dir=cache_dir,
-        max_variants=max_variants,
+        max_variants=max_variants, ray=ray, ray_address=ray_address,
     )  # fmt: skip
     outcome = _run(req, out, show=not as_json)
     if as_json:

@@ -1,4 +1,5 @@
-"""The levels the search knows today: model (accuracy-changing) and memory (preserving).
+"""The model level (accuracy-changing) and the memory level (preserving); the graph and
+operator levels are in ``graph_operator.py``.
 
 Each is a ``space.Level``. The model level wraps ``model.compress``; the memory level
 wraps ``memory.strategies``. Both cache per process what they computed, keyed by the knob
@@ -116,8 +117,8 @@ class ModelLevel:
 
 def _structural_graph(level: ModelLevel, cfg: Any) -> tuple[Graph, str]:
     """The IR with the deployed shapes, without fine-tuning (see ``ModelLevel``)."""
+    from crosslevel.ir.torch_io import import_torch
     from crosslevel.model.baselines import trained_baseline
-    from crosslevel.model.compress import float_graph
     from crosslevel.model.lowrank import factorize_and_finetune
     from crosslevel.model.prune import prune_and_finetune
     from crosslevel.model.qdq import calibration_samples, quantize_tflite_int8
@@ -135,19 +136,20 @@ def _structural_graph(level: ModelLevel, cfg: Any) -> tuple[Graph, str]:
 
         samples = calibration_samples(base.data.x_train, TFLITE_CALIBRATION, 0)
         return quantize_tflite_int8(module, level.model, samples).int8_graph, "int8"
-    return float_graph(module, base.data.input_shape), "float32"
+    # As exported, before graph passes: those are the graph level's knobs.
+    return import_torch(module, (1, *base.data.input_shape)), "float32"
 
 
 def _deployed_graph(result: Any) -> Graph:
-    """The IR of what is deployed: the int8 .tflite, or the float ONNX after graph passes."""
+    """The IR of what is deployed: the int8 .tflite, or the float ONNX as exported (graph
+    passes are the graph level's knobs)."""
     if result.model_tflite is not None:
         from crosslevel.ir.tflite_io import import_tflite
 
         return import_tflite(result.model_tflite)
-    from crosslevel.graph.optimize import optimize_graph
     from crosslevel.ir.onnx import import_onnx
 
-    return optimize_graph(import_onnx(result.model_onnx))
+    return import_onnx(result.model_onnx)
 
 
 @dataclass

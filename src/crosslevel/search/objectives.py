@@ -95,10 +95,17 @@ def fill_costs(cand: Candidate, device: Any) -> None:
     if device is not None and "latency_ms" not in fig:
         pred = predict_latency(graph, device)
         scale = (macs + fig.get("extra_macs", 0)) / macs if macs else 1.0
-        fig["latency_ms"] = pred.total_ms * scale
-        fig["energy_mj"] = pred.energy_mj * scale
-        fig["latency_label"] = f"{pred.label} on {device.name}"
-        fig["per_node_ms"] = pred.per_node_ms
+        # The operator level's measured kernel speed ratios, per node (1 where unset).
+        node_scale = fig.get("node_latency_scale", {})
+        per_node = {n: ms * node_scale.get(n, 1.0) for n, ms in pred.per_node_ms.items()}
+        total = pred.total_ms + sum(per_node.values()) - sum(pred.per_node_ms.values())
+        kernels = total / pred.total_ms if pred.total_ms else 1.0
+        fig["latency_ms"] = total * scale
+        fig["energy_mj"] = pred.energy_mj * kernels * scale
+        fig["latency_label"] = f"{pred.label} on {device.name}" + (
+            ", int8 conv times scaled by host-measured kernel ratios" if node_scale else ""
+        )
+        fig["per_node_ms"] = per_node
 
 
 def objective_values(figures: dict[str, Any], baseline_accuracy: float | None) -> list[float]:

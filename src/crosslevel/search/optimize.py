@@ -24,9 +24,10 @@ from crosslevel.errors import InfeasibleError, UsageError
 from crosslevel.hardware.devices import get_device
 from crosslevel.ir.graph import Graph
 from crosslevel.search.defaults import DEFAULT_DATA, DEFAULT_DEVICE, DEFAULT_MODEL
+from crosslevel.search.graph_operator import GraphPassLevel, KernelLevel
 from crosslevel.search.levels import MemoryLevel, ModelLevel
 from crosslevel.search.objectives import LABELS, OBJECTIVES, Demands, device_demands, meets
-from crosslevel.search.space import Candidate, Knob, KnobValue, Space
+from crosslevel.search.space import Candidate, Knob, KnobValue, Level, Space
 from crosslevel.search.study import (
     Evaluator,
     Record,
@@ -88,6 +89,31 @@ class Request:
     ablation_budget: int | None = None  # None: half the budget; 0: no ablations
     max_variants: int = MAX_VARIANTS
     cache_dir: Path | None = None
+    ray: bool = False  # evaluate trials on a local Ray cluster started for this run
+    ray_address: str | None = None  # ... or on the running cluster at this address
+
+
+def space_for(
+    model: str | None, data: str | None, seeds: int, epochs: int | None, cache_dir: str | None
+) -> Space:
+    """The request's space from plain values: what a Ray worker builds (``SpaceSpec``)."""
+    req = Request(model=model, data=data, seeds=seeds, epochs=epochs,
+                  cache_dir=Path(cache_dir) if cache_dir else None)  # fmt: skip
+    return build_space(req)[0]
+
+
+def _backend(req: Request, demands: Demands, device: str) -> Any:
+    """A Ray backend when asked for (None: evaluate in this process)."""
+    if not (req.ray or req.ray_address):
+        return None
+    from crosslevel.search.ray_backend import LOCAL_CPUS, RayBackend, SpaceSpec
+
+    spec = SpaceSpec("crosslevel.search.optimize:space_for", {
+        "model": req.model, "data": req.data, "seeds": req.seeds, "epochs": req.epochs,
+        "cache_dir": str(req.cache_dir) if req.cache_dir else None,
+    })  # fmt: skip
+    req.settings.parallel = max(req.settings.parallel, LOCAL_CPUS)
+    return RayBackend(spec, demands, device, address=req.ray_address)
 
 
 def build_space(req: Request) -> tuple[Space, dict[str, Any]]:
@@ -114,15 +140,22 @@ def build_space(req: Request) -> tuple[Space, dict[str, Any]]:
         "model": loaded.source,
         "data": None,
         "note": "no PyTorch model and --data: only accuracy-preserving levels searched "
-        "(memory); outputs are unchanged, so the accuracy drop is 0 by construction",
+        "(graph, memory, operator); outputs are unchanged, so the accuracy drop is 0 by "
+        "construction",
     }
-    return Space([level, MemoryLevel()]), info
+    return Space(preserving_levels(level, req.cache_dir)), info
+
+
+def preserving_levels(first: Level, cache_dir: Path | None) -> list[Level]:
+    """``first`` then the accuracy-preserving levels, in the order they apply: graph
+    passes before the memory plan (it is made for the rewritten graph), kernels last."""
+    return [first, GraphPassLevel(), MemoryLevel(), KernelLevel(cache_dir=cache_dir)]
 
 
 def _zoo_space(name: str, data: str, req: Request) -> Space:
     level = ModelLevel(name, data, seeds=req.seeds, epochs=req.epochs, cache_dir=req.cache_dir)
     level.config({k.name: k.choices[0] for k in level.knobs}).validate()  # unknown data: exit 2
-    return Space([level, MemoryLevel()])
+    return Space(preserving_levels(level, req.cache_dir))
 
 
 Progress = Callable[[int, int, str], None]
@@ -181,7 +214,12 @@ def optimize(req: Request | Prepared, out: Path, progress: Progress | None = Non
     fingerprint = {**info, "device": device.name, "demands": demands.to_dict(),
                    "space": {k: list(v) for k, v in space.params().items()},
                    "seeds": req.seeds, "epochs": req.epochs}  # fmt: skip
-    res = run_search(space, evaluator, req.settings, fingerprint, progress)
+    backend = _backend(req, demands, device.name)
+    try:
+        res, ablations = _search(space, evaluator, req, fingerprint, progress, backend)
+    finally:
+        if backend is not None:
+            backend.close()
     if not res.records:  # not "infeasible": nothing was tried
         raise UsageError(
             f"no candidate was evaluated before the search stopped ({res.stopped_by}); "
@@ -189,13 +227,6 @@ def optimize(req: Request | Prepared, out: Path, progress: Progress | None = Non
         )
     if not res.feasible_front():
         raise InfeasibleError(infeasible_message(res, demands))
-    searchable = [lv.name for lv in space.levels if any(len(k.choices) > 1 for k in lv.knobs)]
-    budget = req.ablation_budget if req.ablation_budget is not None else req.settings.budget // 2
-    ablations = (
-        single_level_fronts(space, evaluator, req.settings, budget)
-        if budget > 0 and len(searchable) > 1 else {}
-    )  # fmt: skip
-    ablations = {k: v for k, v in ablations.items() if k in searchable}
     chosen, cand, check = _prove(evaluator, choose(res, demands))
     out.mkdir(parents=True, exist_ok=True)
     written, tflm = _write_artifacts(out, cand)
@@ -208,6 +239,24 @@ def optimize(req: Request | Prepared, out: Path, progress: Progress | None = Non
     write_report(out, result, cand)
     written += ["report.html", "result.json"]
     return Outcome(result, written, res.records, demands)
+
+
+def _search(
+    space: Space,
+    evaluator: Evaluator,
+    req: Request,
+    fingerprint: dict[str, Any],
+    progress: Progress | None,
+    backend: Any,
+) -> tuple[SearchResult, dict[str, list[Record]]]:
+    """The joint search, then (when it found a feasible point) the single-level ones."""
+    res = run_search(space, evaluator, req.settings, fingerprint, progress, backend)
+    searchable = space.searched()
+    budget = req.ablation_budget if req.ablation_budget is not None else req.settings.budget // 2
+    if not res.feasible_front() or budget <= 0 or len(searchable) <= 1:
+        return res, {}
+    ablations = single_level_fronts(space, evaluator, req.settings, budget, backend)
+    return res, {k: v for k, v in ablations.items() if k in searchable}
 
 
 def infeasible_message(res: SearchResult, demands: Demands) -> str:
@@ -308,7 +357,7 @@ def _write_variants(
     """variants.json (DESIGN.md contract) over the feasible front, chosen point first."""
     from crosslevel.memory.plan import write_plan
 
-    front = [chosen] + [r for r in choose(res, demands) if r is not chosen][: max_variants - 1]
+    front = variant_table(chosen, choose(res, demands), max_variants)
     folder = out / "variants"
     folder.mkdir(exist_ok=True)
     variants = []
@@ -329,6 +378,18 @@ def _write_variants(
            "variants": variants}  # fmt: skip
     (out / "variants.json").write_text(json.dumps(doc, indent=2) + "\n")
     return variants
+
+
+def variant_table(chosen: Record, order: list[Record], max_variants: int) -> list[Record]:
+    """The controller's table: the chosen point, then the front's extremes the controller
+    needs when the context moves (the most accurate point, and the fastest for heavy CPU
+    load), then the rest in ``choose``'s order, up to ``max_variants``."""
+    extremes = [min(order, key=lambda r: r.values), min(order, key=lambda r: r.values[1])]
+    table = [chosen]
+    for rec in [*extremes, *order]:
+        if len(table) < max_variants and all(rec is not r for r in table):
+            table.append(rec)
+    return table
 
 
 def _variant(
@@ -363,8 +424,20 @@ def _variant(
         "peak_ram_bytes": int(rec.values[2]),
         "flash_bytes": int(rec.values[3]),
         "memory_strategy": fig.get("memory_strategy"),
-        "split": None,
+        "split": _split(fig),
     }
+
+
+SPLIT_FIGURES = ("device_ms", "remote_ms", "up_bytes", "down_bytes")
+
+
+def _split(fig: dict[str, Any]) -> dict[str, float] | None:
+    """The controller's split record (``control.variants.Split``) when a distributed level
+    set ``split_device_ms``, ``split_remote_ms``, ``split_up_bytes`` and
+    ``split_down_bytes``; None for a variant that runs wholly on the device."""
+    if not all(f"split_{k}" in fig for k in SPLIT_FIGURES):
+        return None
+    return {k: fig[f"split_{k}"] for k in SPLIT_FIGURES}
 
 
 def assemble(

@@ -123,6 +123,10 @@ class Space:
         levels: list[Level] = [lv if lv.name in keep else _Frozen(lv) for lv in self.levels]
         return Space(levels)
 
+    def searched(self) -> list[str]:
+        """Names of the levels with a choice to make (a restricted space's unfrozen ones)."""
+        return [lv.name for lv in self.levels if any(len(k.choices) > 1 for k in lv.knobs)]
+
     def accuracy_levels(self) -> list[Level]:
         return [lv for lv in self.levels if lv.changes_accuracy]
 

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution
@@ -97,8 +97,11 @@ class Settings:
     seed: int = 0
     study_path: Path | None = None
     population_size: int = 8
+    parallel: int = 1  # new combinations asked (and evaluated) per batch
 
     def validate(self) -> None:
+        if self.parallel < 1:
+            raise UsageError(f"trials per batch must be >= 1, got {self.parallel}")
         if self.budget < 1:
             raise UsageError(f"--budget must be >= 1, got {self.budget}")
         if self.time_budget_s is not None and not self.time_budget_s > 0:  # NaN too
@@ -264,6 +267,23 @@ def _tell(study: optuna.Study, trial: optuna.Trial, rec: Record, demands: Demand
 
 
 Progress = Callable[[int, int, str], None]
+Batch = list[tuple[int, dict[str, KnobValue]]]
+
+
+class Backend(Protocol):
+    """Where a batch of new knob combinations is evaluated: here (``InProcess``) or on Ray
+    workers (``search.ray_backend``). The driver alone asks and tells the study."""
+
+    def evaluate(self, evaluator: Evaluator, batch: Batch, done: list[Record]) -> list[Record]:
+        """One record per (trial number, params), in batch order; each evaluation sees
+        only ``done`` (the records before the batch), so a batch's results do not depend
+        on where or in which order its members ran."""
+        ...
+
+
+class InProcess:
+    def evaluate(self, evaluator: Evaluator, batch: Batch, done: list[Record]) -> list[Record]:
+        return [evaluator.evaluate(number, params, done) for number, params in batch]
 
 
 def run_search(
@@ -272,55 +292,93 @@ def run_search(
     settings: Settings,
     fingerprint: dict[str, Any],
     progress: Progress | None = None,
+    backend: Backend | None = None,
 ) -> SearchResult:
-    """Run (or resume) the study until ``budget`` completed trials or the time budget."""
+    """Run (or resume) the study until ``budget`` completed trials or the time budget.
+
+    Trials are asked ``settings.parallel`` new combinations at a time, evaluated by
+    ``backend`` (default here, one after the other) and told in the order they were asked."""
     settings.validate()
+    backend = backend or InProcess()
     start = time.monotonic()
     study = open_study(settings, fingerprint)
     baseline = _baseline(study, evaluator)
     records = _stored_records(study, space, evaluator.demands, settings.study_path)
-    by_key = {_key(r.params): r for r in records}
-    resumed = len(records)
-    if not study.trials:
-        study.enqueue_trial(space.default())
-    distributions: dict[str, BaseDistribution] = {
-        n: CategoricalDistribution(c) for n, c in space.params().items()
-    }
-    measured_before, asked, stopped = evaluator.measured_runs, 0, "budget"
+    asker = _Asker(study, space, evaluator.demands, settings, records)
+    measured_before, stopped = evaluator.measured_runs, "budget"
     target = min(settings.budget, space.size())
     while len(records) < target:
         if settings.time_budget_s is not None and time.monotonic() - start > settings.time_budget_s:
             stopped = "time budget"
             break
-        if asked >= MAX_ASKS_PER_EVALUATION * settings.budget:
+        batch = asker.ask(min(settings.parallel, target - len(records)))
+        if not batch:
             stopped = "sampler kept repeating evaluated points"
             break
-        try:
-            trial = study.ask(distributions)
-        except ValueError as exc:  # the file holds other choices for a knob
-            raise UsageError(f"study {settings.study_path}: {exc}") from exc
-        asked += 1
-        params = dict(trial.params)
-        known = by_key.get(_key(params))
-        if known is None:
-            rec = evaluator.evaluate(trial.number, params, records)
-            by_key[_key(params)] = rec
+        done = list(records)
+        results = backend.evaluate(evaluator, [(t.number, dict(t.params)) for t in batch], done)
+        for trial, rec in zip(batch, results, strict=True):
             records.append(rec)
             if progress is not None:
                 progress(len(records), target, rec.stage)
-        else:  # same knobs as a finished trial: tell its stored result, no new evaluation
-            rec = Record(trial.number, params, known.values, known.stage, known.figures,
-                         known.feasible)  # fmt: skip
-        _tell(study, trial, rec, evaluator.demands)
+            asker.tell(trial, rec)
     if len(records) >= space.size():
         stopped = "space exhausted"
     return SearchResult(
         records=records, baseline=baseline,
         trials_total=len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))),
-        trials_this_run=asked, evaluated_this_run=len(records) - resumed,
+        trials_this_run=asker.asked, evaluated_this_run=len(records) - asker.resumed,
         measured_this_run=evaluator.measured_runs - measured_before,
-        elapsed_s=time.monotonic() - start, stopped_by=stopped, resumed_from=resumed,
+        elapsed_s=time.monotonic() - start, stopped_by=stopped, resumed_from=asker.resumed,
     )  # fmt: skip
+
+
+class _Asker:
+    """Asks the study for new knob combinations and tells it results; a combination
+    already evaluated (in this run or from the file) is told its stored result at once,
+    and one asked twice within a batch is told when the batch's result arrives."""
+
+    def __init__(self, study: optuna.Study, space: Space, demands: Demands, settings: Settings,
+                 records: list[Record]) -> None:  # fmt: skip
+        self.study, self.demands, self.settings = study, demands, settings
+        self.by_key = {_key(r.params): r for r in records}
+        self.resumed, self.asked = len(records), 0
+        self.waiting: dict[tuple[tuple[str, KnobValue], ...], list[optuna.Trial]] = {}
+        if not study.trials:
+            study.enqueue_trial(space.default())
+        self.distributions: dict[str, BaseDistribution] = {
+            n: CategoricalDistribution(c) for n, c in space.params().items()
+        }
+
+    def ask(self, count: int) -> list[optuna.Trial]:
+        batch: list[optuna.Trial] = []
+        while len(batch) < count and self.asked < MAX_ASKS_PER_EVALUATION * self.settings.budget:
+            try:
+                trial = self.study.ask(self.distributions)
+            except ValueError as exc:  # the file holds other choices for a knob
+                raise UsageError(f"study {self.settings.study_path}: {exc}") from exc
+            self.asked += 1
+            key = _key(dict(trial.params))
+            if key in self.by_key:  # same knobs as a finished trial: no new evaluation
+                self._tell_copy(trial, self.by_key[key])
+            elif key in self.waiting:
+                self.waiting[key].append(trial)
+            else:
+                self.waiting[key] = []
+                batch.append(trial)
+        return batch
+
+    def tell(self, trial: optuna.Trial, rec: Record) -> None:
+        key = _key(rec.params)
+        self.by_key[key] = rec
+        _tell(self.study, trial, rec, self.demands)
+        for twin in self.waiting.pop(key, []):
+            self._tell_copy(twin, rec)
+
+    def _tell_copy(self, trial: optuna.Trial, known: Record) -> None:
+        rec = Record(trial.number, dict(trial.params), known.values, known.stage,
+                     known.figures, known.feasible)  # fmt: skip
+        _tell(self.study, trial, rec, self.demands)
 
 
 def _baseline(study: optuna.Study, evaluator: Evaluator) -> Record:
@@ -435,7 +493,11 @@ def diagnose(result: SearchResult, demands: Demands, count: int = 3) -> Diagnosi
 
 
 def single_level_fronts(
-    space: Space, evaluator: Evaluator, settings: Settings, budget: int
+    space: Space,
+    evaluator: Evaluator,
+    settings: Settings,
+    budget: int,
+    backend: Backend | None = None,
 ) -> dict[str, list[Record]]:
     """Each level searched alone (the others unoptimized) with the same sampler and
     ``budget`` trials, in memory, sharing the levels' caches: the ablations."""
@@ -444,8 +506,9 @@ def single_level_fronts(
         sub = space.restricted([level.name])
         sub_eval = Evaluator(sub, evaluator.demands, evaluator.device)
         sub_settings = Settings(budget=budget, sampler=settings.sampler, seed=settings.seed,
-                                population_size=settings.population_size)  # fmt: skip
-        res = run_search(sub, sub_eval, sub_settings, {"ablation": level.name})
+                                population_size=settings.population_size,
+                                parallel=settings.parallel)  # fmt: skip
+        res = run_search(sub, sub_eval, sub_settings, {"ablation": level.name}, None, backend)
         fronts[level.name] = res.records
     return fronts
 
