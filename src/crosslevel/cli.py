@@ -21,6 +21,7 @@ from rich.console import Console
 from crosslevel.codegen.command import generate as generate_command
 from crosslevel.control.command import adapt_command
 from crosslevel.distributed.command import partition_command, run_command, serve_command
+from crosslevel.distributed.federated_command import federate_command
 from crosslevel.errors import EXIT_INTERNAL, CrosslevelError, UsageError
 from crosslevel.model.command import compress_command
 from crosslevel.search.command import optimize_command
@@ -284,6 +285,7 @@ LEVEL_COMMANDS: dict[str, Callable[..., Any]] = {
     "run": run_command,
     "optimize": optimize_command,  # the cross-level search
     "adapt": adapt_command,  # the run-time controller
+    "federate": federate_command,  # federated fine-tuning (Flower)
 }
 for _name, _command in LEVEL_COMMANDS.items():
     app.command(name=_name)(clean_errors(_command))
