@@ -38,6 +38,8 @@ bench: setup
 	$(BIN)/python benchmarks/search.py
 	$(BIN)/python benchmarks/adapt.py
 	$(BIN)/python benchmarks/partition.py
+	$(BIN)/python benchmarks/distributed.py
+	$(BIN)/python benchmarks/federated.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
