@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from distributed_helpers import half_split_plan
 
-from crosslevel.distributed.emulation import EmulatedLink, available
+from crosslevel.distributed.emulation import EmulatedLink, available, loss_available
 from crosslevel.distributed.partition import write_plan
 
 MISSING = available()
@@ -23,6 +25,49 @@ def test_link_rate_and_delay_are_measured_as_set() -> None:
         got = link.measure(nbytes=300_000)
     assert 0.8 * 5 <= got["rate_mbit"] <= 1.1 * 5
     assert 20 <= got["rtt_ms"] <= 40
+
+
+def test_jitter_spreads_the_measured_delay() -> None:
+    with EmulatedLink(rate_mbit=20, rtt_ms=30, jitter_ms=20) as link:
+        got = link.measure(nbytes=200_000, pings=40)
+    # Two uniform draws of +-10 ms: RTT in 30 +- 20 ms (plus the host's own delay).
+    assert 22 <= got["rtt_ms"] <= 45
+    assert got["rtt_p90_ms"] - got["rtt_p10_ms"] >= 8
+    assert 3 <= got["rtt_std_ms"] <= 15
+    with EmulatedLink(rate_mbit=20, rtt_ms=30) as steady:
+        flat = steady.measure(nbytes=200_000, pings=40)
+    assert flat["rtt_std_ms"] < got["rtt_std_ms"]
+
+
+def _serve(link: EmulatedLink, plan: Path, port: int) -> str:
+    argv = [CLI, "serve", str(plan), "--host", "127.0.0.1", "--port", str(port), "--token", "tok"]
+    link.start(link.edge_ns, argv)
+    return link.edge_address(port)
+
+
+def _run(link: EmulatedLink, plan: Path, address: str, *extra: str) -> Any:
+    argv = [CLI, "run", str(plan), "--edge", address, "--token", "tok", "--json", *extra]
+    return link.start(link.device_ns, argv)
+
+
+@pytest.mark.skipif(loss_available() is not None, reason=f"needs {loss_available()}")
+def test_split_under_packet_loss_answers_each_request_once(tmp_path: Path) -> None:
+    write_plan(half_split_plan("zoo:resnet8"), tmp_path)  # 64 KiB cut: ~45 packets a request
+    with EmulatedLink(rate_mbit=20, rtt_ms=10, loss=0.04) as link:
+        address = _serve(link, tmp_path, 47110)
+        run = _run(link, tmp_path, address, "--requests", "30", "--timeout-s", "2")
+        out, err = run.communicate(timeout=120)
+        counts = link.loss_counts()
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert link.device_ns not in namespaces and link.edge_ns not in namespaces  # cleaned up
+    assert run.returncode == 0, err.decode()
+    report = json.loads(out)
+    assert report["answered"] == 30 and report["split"] + report["local"] == 30
+    assert report["split"] >= 15  # TCP retransmits the lost packets: most calls still split
+    n = counts["sent"] + counts["dropped"]
+    assert n > 1000
+    # The achieved loss is near the setting: within 4 standard deviations of a binomial.
+    assert abs(counts["loss"] - 0.04) <= 4 * (0.04 * 0.96 / n) ** 0.5 + 0.005
 
 
 def test_split_across_namespaces_with_an_outage(tmp_path: Path) -> None:

@@ -64,6 +64,12 @@ def partition_command(
     compress_int8: Annotated[
         bool, typer.Option("--compress-int8", help="Send cut tensors as int8 (fidelity reported).")
     ] = False,
+    candidates: Annotated[
+        int,
+        typer.Option(
+            min=0, max=16, help="Also write up to N chain splits for `run --adaptive` (two tiers)."
+        ),
+    ] = 0,
     measure_chain: Annotated[
         bool, typer.Option(help="Also time every chain split's parts on this host (ORT).")
     ] = False,
@@ -76,7 +82,8 @@ def partition_command(
     Neurosurgeon's chain search; the split is verified by running its parts in ONNX Runtime.
 
     Writes OUT/plan.json (crosslevel.partition/1), OUT/tierK_ROLE.onnx per non-empty tier
-    and OUT/model.onnx (the device's fallback).
+    and OUT/model.onnx (the device's fallback); for an int8 .tflite model the parts are
+    int8 .tflite files run in TFLite Micro (bit-exact with the whole model).
     """
     from crosslevel.distributed.partition import plan_partition, write_plan
     from crosslevel.ir.load import load_model
@@ -90,7 +97,16 @@ def partition_command(
     loaded = load_model(model)
     with console.status("partitioning", spinner="dots") if not as_json else nullcontext():
         result = plan_partition(
-            loaded.graph, roles, devices, links, objective, ram, flash, compress_int8, model
+            loaded.graph,
+            roles,
+            devices,
+            links,
+            objective,
+            ram,
+            flash,
+            compress_int8,
+            model,
+            candidates=candidates,
         )
     if measure_chain:
         from crosslevel.distributed.partition import measure_chain as time_chain
@@ -108,7 +124,7 @@ def partition_command(
         f"{result.plan['fidelity']['max_abs_diff']:.3g}, top-1 agreement "
         f"{result.plan['fidelity']['top1_agreement']:.0%} (fidelity)"
     )
-    console.print(f"wrote {out}/plan.json and the per-tier ONNX models")
+    console.print(f"wrote {out}/plan.json and the per-tier models ({result.fmt})")
 
 
 def _plan_table(plan: dict[str, Any]) -> Table:
@@ -152,23 +168,43 @@ def _read_file(path: Path, option: str) -> bytes:
 
 def serve_command(
     plan: Annotated[Path, typer.Argument(help="plan.json (or its folder) from `partition`.")],
-    role: Annotated[str, typer.Option(help="edge (the only served role).")] = "edge",
+    role: Annotated[
+        str, typer.Option(help="edge, or cloud (a three-tier plan's last part).")
+    ] = "edge",
+    cloud: Annotated[
+        str | None,
+        typer.Option(
+            help="HOST:PORT of the cloud server (edge of a three-tier plan); "
+            "without it the edge runs the cloud part itself."
+        ),
+    ] = None,
     port: Annotated[int, typer.Option(help="TCP port (0 = any free port).")] = 50051,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    token: Annotated[str | None, typer.Option(help="Shared secret (default: generated).")] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            help="Shared secret (default: generated); the edge uses it for the cloud too."
+        ),
+    ] = None,
+    cloud_timeout_s: Annotated[float, typer.Option(help="Deadline of one cloud call.")] = 2.0,
     tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate for TLS.")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="PEM private key for TLS.")] = None,
 ) -> None:
-    """Serve the edge (and cloud) part of a plan over gRPC until interrupted."""
+    """Serve the edge part (and the cloud part, or forward to --cloud) or, with --role
+    cloud, the cloud part of a plan over gRPC until interrupted."""
     from crosslevel.distributed.partition import load_plan
-    from crosslevel.distributed.server import start_server
+    from crosslevel.distributed.server import CloudLink, start_server
 
-    if role != "edge":
-        raise UsageError("serve runs --role edge; the device uses `crosslevel run`")
+    if role not in ("edge", "cloud") or (role == "cloud" and cloud is not None):
+        raise UsageError("serve runs --role edge [--cloud ADDR] or --role cloud; the device "
+                         "uses `crosslevel run`")  # fmt: skip
     doc = load_plan(plan)
     secret = token or secrets.token_urlsafe(16)
-    server, bound, service = start_server(doc, secret, port, host, _read_tls(tls_cert, tls_key))
-    console.print(f"serving {doc.get('model', plan)} edge part on {host}:{bound}", highlight=False)
+    link = None if cloud is None else CloudLink(doc, cloud, secret, cloud_timeout_s)
+    tls = _read_tls(tls_cert, tls_key)
+    server, bound, service = start_server(doc, secret, port, host, tls, role=role, cloud=link)
+    console.print(f"serving {doc.get('model', plan)} {role} part on {host}:{bound}"
+                  + ("" if cloud is None else f", cloud at {cloud}"), highlight=False)  # fmt: skip
     if token is None:
         console.print(f"token: {secret}", highlight=False)
     sys.stdout.flush()
@@ -179,6 +215,8 @@ def serve_command(
     except KeyboardInterrupt:
         pass
     server.stop(1).wait(5)
+    if link is not None:
+        link.close()
     console.print(f"served {service.served}, refused {service.rejected}")
 
 
@@ -191,23 +229,34 @@ def run_command(
     timeout_s: Annotated[float, typer.Option(help="Deadline of one edge call.")] = 2.0,
     tls_root: Annotated[Path | None, typer.Option(help="PEM root certificate for TLS.")] = None,
     interval_s: Annotated[float, typer.Option(help="Pause between requests (a stream).")] = 0.0,
+    adaptive: Annotated[
+        bool,
+        typer.Option(
+            "--adaptive",
+            help="Re-pick the split among the plan's candidates from "
+            "the measured link (plan made with `partition --candidates N`).",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Run the device part, stream cut tensors to the edge, fall back to the whole model
-    locally when the edge is unreachable; every request answered exactly once."""
+    locally when the edge is unreachable; every request answered exactly once. With
+    --adaptive the split point moves with the measured bandwidth and RTT (hysteresis)."""
     from crosslevel.distributed.client import DeviceClient
-    from crosslevel.distributed.partition import load_plan
+    from crosslevel.distributed.partition import load_plan, random_tensor
 
     if role != "device":
         raise UsageError("run takes --role device")
     doc = load_plan(plan)
     root = None if tls_root is None else _read_file(tls_root, "--tls-root")
-    client = DeviceClient(doc, edge, token, timeout_s=timeout_s, tls_root=root)
+    client = DeviceClient(doc, edge, token, timeout_s=timeout_s, tls_root=root, adaptive=adaptive)
     rng = np.random.default_rng(0)
     answers = []
     try:
+        if adaptive:
+            client.start_adaptive(*_link_figures(doc))
         for i in range(requests):
-            x = [rng.standard_normal(s["shape"]).astype(s["dtype"]) for s in doc["inputs"]]
+            x = [random_tensor(rng, s["shape"], s["dtype"]) for s in doc["inputs"]]
             answers.append(client.infer(f"req-{i}", x))
             if interval_s > 0:
                 time.sleep(interval_s)
@@ -221,9 +270,34 @@ def run_command(
         "latency_ms_median": float(np.median([a.latency_ms for a in answers])),
         "where": "".join("S" if a.where == "split" else "L" for a in answers),
         "link": client.stats.summary(),
+        **({} if client.chooser is None else _adaptive_report(client, answers)),
         "label": "measured on this host over a real gRPC connection",
     }
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
         return
     console.print(result)
+
+
+def _link_figures(doc: dict[str, Any]) -> tuple[float, float]:
+    """The plan's device-edge link model (Mbit/s up, RTT ms): the chooser's start until
+    measured (untrusted file: anything but a positive finite number falls back to wifi's)."""
+    link = doc["links"][0]
+    figures = []
+    for key, default in (("model_up_mbps", 30.0), ("model_rtt_ms", 5.0)):
+        value = link.get(key)
+        ok = isinstance(value, int | float) and 0 < value < 1e6
+        figures.append(float(value) if ok else default)
+    return figures[0], figures[1]
+
+
+def _adaptive_report(client: Any, answers: list[Any]) -> dict[str, Any]:
+    cands = client.plan["candidates"]
+    return {
+        "candidates_device_nodes": [c["device_nodes"] for c in cands],
+        "device_nodes_per_request": [cands[a.candidate]["device_nodes"] for a in answers],
+        "switches": client.chooser.switches,
+        "device_scale": client.chooser.device_scale,
+        "label_adaptive": "split chosen from measured bandwidth/RTT and measured/predicted "
+        "compute ratios",
+    }

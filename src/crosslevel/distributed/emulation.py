@@ -4,11 +4,15 @@
 /30 of 10.213.0.0/16 that no interface here uses, and shapes both directions with the
 ``tbf`` queueing discipline (this kernel has no ``netem``). Delay and jitter come from a
 small user-space TCP proxy in the edge namespace (``python -m
-crosslevel.distributed.emulation proxy``) that holds every chunk for half the RTT each way;
+crosslevel.distributed.emulation proxy``) that holds every chunk for half the RTT each way,
+plus or minus half the jitter (uniform, seeded; a TCP stream keeps its order, so a chunk
+never overtakes the one before it). Packet loss is an ``iptables`` rule in each namespace
+(``-o VETH -m statistic --mode random --probability P -j DROP``: both directions lose P);
 an outage is the veth set down. Everything it created is removed on exit (deleting a
-namespace deletes its veth end and kills nothing else); every process it starts is bounded
-by a timeout and killed by its own pid. ``measure`` reports the rate and RTT actually
-achieved, not the settings. Packet loss would need ``iptables`` (not installed here).
+namespace deletes its veth end, its qdisc and its iptables rules, and kills nothing else);
+every process it starts is bounded by a timeout and killed by its own pid. ``measure``
+reports the rate and the RTT distribution actually achieved, ``loss`` the packets the
+rules actually dropped over those the veth sent (kernel counters), not the settings.
 
 This module imports only the standard library so that the helpers start fast inside the
 namespaces.
@@ -21,8 +25,10 @@ import contextlib
 import itertools
 import json
 import os
+import random
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -44,8 +50,16 @@ def available() -> str | None:
     return None
 
 
-def _sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=20)
+def loss_available() -> str | None:
+    """None if ``EmulatedLink(loss=...)`` works here, else the missing capability."""
+    missing = available()
+    if missing is None and shutil.which("iptables") is None:
+        return "the 'iptables' command (packet loss)"
+    return missing
+
+
+def _sh(*argv: str, check: bool = True, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=timeout)
 
 
 def _free_block() -> int:
@@ -63,6 +77,8 @@ class EmulatedLink:
 
     rate_mbit: float
     rtt_ms: float = 0.0
+    jitter_ms: float = 0.0
+    loss: float = 0.0
     tag: str = field(default_factory=lambda: f"{os.getpid() % 100000}x{next(_LINKS)}")
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     proxied: set[int] = field(default_factory=set)
@@ -70,6 +86,8 @@ class EmulatedLink:
     def __post_init__(self) -> None:
         if not 0.01 <= self.rate_mbit <= 10000 or not 0 <= self.rtt_ms <= 5000:
             raise ValueError("rate must be 0.01..10000 Mbit/s and RTT 0..5000 ms")
+        if not 0 <= self.jitter_ms <= self.rtt_ms or not 0 <= self.loss < 0.5:
+            raise ValueError("jitter must be 0..RTT ms and loss 0..0.5")
         self.device_ns = f"clx-dev-{self.tag}"
         self.edge_ns = f"clx-edge-{self.tag}"
         self.veth = (f"clxd{self.tag}", f"clxe{self.tag}")
@@ -105,13 +123,42 @@ class EmulatedLink:
             self.ns(ns, "ip", "addr", "add", f"{ip}/30", "dev", dev)
             self.ns(ns, "ip", "link", "set", dev, "up")
             self.ns(ns, "ip", "link", "set", "lo", "up")
-            self._shape(ns, dev)
+            self._shape(ns, dev, "add")
+            # One skb per wire packet (no TCP segmentation offload), so that the loss rule
+            # drops packets, not 64 KiB super-packets, and the counters count packets.
+            self.ns(ns, "ip", "link", "set", dev, "gso_max_segs", "1")
+            if self.loss > 0:
+                self.ns(ns, "iptables", "-A", "OUTPUT", "-o", dev, "-m", "statistic", "--mode",
+                        "random", "--probability", f"{self.loss:.6f}", "-j", "DROP")  # fmt: skip
 
-    def _shape(self, ns: str, dev: str) -> None:
+    def _shape(self, ns: str, dev: str, verb: str) -> None:
         # tbf: burst of at least one MTU-sized packet plus 1 ms at the rate.
         burst = max(1600, int(self.rate_mbit * 1e6 / 8 / 1000))
-        self.ns(ns, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate",
+        self.ns(ns, "tc", "qdisc", verb, "dev", dev, "root", "tbf", "rate",
                 f"{self.rate_mbit}mbit", "burst", str(burst), "latency", "200ms")  # fmt: skip
+
+    def set_rate(self, rate_mbit: float) -> None:
+        """Change the link rate of both directions while processes use it (a throttle)."""
+        if not 0.01 <= rate_mbit <= 10000:
+            raise ValueError("rate must be 0.01..10000 Mbit/s")
+        self.rate_mbit = rate_mbit
+        for ns, dev in ((self.device_ns, self.veth[0]), (self.edge_ns, self.veth[1])):
+            self._shape(ns, dev, "change")
+
+    def loss_counts(self) -> dict[str, Any]:
+        """Packets each side's veth sent and its loss rule dropped (kernel counters), and
+        the loss rate achieved over both directions."""
+        sent = dropped = 0
+        for ns, dev in ((self.device_ns, self.veth[0]), (self.edge_ns, self.veth[1])):
+            stats = json.loads(self.ns(ns, "ip", "-s", "-j", "link", "show", dev).stdout)
+            sent += int(stats[0]["stats64"]["tx"]["packets"])
+            if self.loss > 0:
+                rules = self.ns(ns, "iptables", "-L", "OUTPUT", "-v", "-x", "-n").stdout
+                dropped += sum(int(line.split()[0]) for line in rules.splitlines()
+                               if "DROP" in line and "statistic" in line)  # fmt: skip
+        total = sent + dropped
+        return {"sent": sent, "dropped": dropped, "loss": dropped / total if total else 0.0,
+                "set_loss": self.loss, "label": "measured: kernel counters"}  # fmt: skip
 
     def close(self) -> None:
         for proc in self.procs:
@@ -126,14 +173,19 @@ class EmulatedLink:
         _sh("ip", "link", "delete", self.veth[0], check=False)
 
     # ----- running things ----------------------------------------------------------
-    def ns(self, ns: str, *argv: str) -> subprocess.CompletedProcess[str]:
-        return _sh("ip", "netns", "exec", ns, *argv)
+    def ns(self, ns: str, *argv: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+        return _sh("ip", "netns", "exec", ns, *argv, timeout=timeout)
 
-    def start(self, ns: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        """Start a process inside namespace ``ns``; killed (by pid) on close."""
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
+    def start(
+        self, ns: str, argv: list[str], quota: CpuQuota | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start a process inside namespace ``ns`` (and CPU ``quota`` from its start);
+        killed (by pid) on close."""
+        full = ["ip", "netns", "exec", ns, *argv]
+        if quota is not None:  # outside the namespace: `ip netns exec` remounts /sys
+            full = quota.wrap(full)
+        pipe = subprocess.PIPE
+        proc = subprocess.Popen(full, stdin=pipe, stdout=pipe, stderr=pipe)
         self.procs.append(proc)
         return proc
 
@@ -142,7 +194,9 @@ class EmulatedLink:
         self.ns(self.device_ns, "ip", "link", "set", self.veth[0], "up" if up else "down")
 
     def edge_address(self, port: int) -> str:
-        """Where the device reaches ``port`` on the edge: through the delay proxy if any."""
+        """Where the device reaches ``port`` on the edge (through the delay proxy if any),
+        once something listens on it there (up to 60 s: a server may still be starting)."""
+        _wait_listening(self, self.edge_ns, "127.0.0.1", port, timeout_s=60)
         if self.rtt_ms <= 0:
             return f"{self.edge_ip}:{port}"
         proxy_port = port + 1
@@ -150,12 +204,14 @@ class EmulatedLink:
             return f"{self.edge_ip}:{proxy_port}"
         self.proxied.add(port)
         argv = [sys.executable, "-m", __name__, "proxy", self.edge_ip, str(proxy_port)]
-        self.start(self.edge_ns, [*argv, "127.0.0.1", str(port), str(self.rtt_ms)])
+        argv += ["127.0.0.1", str(port), str(self.rtt_ms), str(self.jitter_ms)]
+        self.start(self.edge_ns, argv)
         _wait_listening(self, self.edge_ns, self.edge_ip, proxy_port)
         return f"{self.edge_ip}:{proxy_port}"
 
     def measure(self, nbytes: int = 400_000, pings: int = 10) -> dict[str, Any]:
-        """Rate (Mbit/s) and RTT (ms) achieved from device to edge, measured."""
+        """Rate (Mbit/s) and RTT (ms: median, p10, p90, standard deviation over ``pings``)
+        achieved from device to edge, measured."""
         port = PROBE_PORT
         self.start(self.edge_ns, [sys.executable, "-m", __name__, "sink", "0.0.0.0", str(port)])
         _wait_listening(self, self.edge_ns, "127.0.0.1", port)
@@ -179,7 +235,7 @@ def _wait_listening(
         "  except OSError: time.sleep(0.05)\n"
         "sys.exit(1)\n"
     )
-    link.ns(ns, sys.executable, "-c", code)
+    link.ns(ns, sys.executable, "-c", code, timeout=timeout_s + 10)
 
 
 CPU_CGROUP = "/sys/fs/cgroup/cpu"
@@ -217,6 +273,12 @@ class CpuQuota:
 
     def add(self, pid: int) -> None:
         self._write("cgroup.procs", str(pid))
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        """``argv`` run inside this group from its first instruction (a shell joins the
+        group, then execs it), so that no start-up work escapes the quota."""
+        join = f'echo $$ > {self.path}/cgroup.procs && exec "$@"'
+        return ["sh", "-c", join, "sh", *argv]
 
     def __exit__(self, *exc: object) -> None:
         pids: list[str] = []
@@ -294,17 +356,31 @@ def _probe(host: str, port: int, nbytes: int, pings: int) -> dict[str, float]:
         conn.sendall(b"P" + (1).to_bytes(8, "big") + b"x")
         _recv_exact(conn, 1)
         rtts.append((time.perf_counter() - start) * 1e3)
-    rtt = sorted(rtts)[len(rtts) // 2]
+    rtts.sort()
+    rtt = rtts[len(rtts) // 2]
     start = time.perf_counter()
     conn.sendall(b"N" + nbytes.to_bytes(8, "big") + bytes(nbytes))
     _recv_exact(conn, 1)
     elapsed = time.perf_counter() - start - rtt / 1e3
     conn.close()
-    return {"rate_mbit": nbytes * 8 / max(elapsed, 1e-6) / 1e6, "rtt_ms": rtt}
+    return {
+        "rate_mbit": nbytes * 8 / max(elapsed, 1e-6) / 1e6,
+        "rtt_ms": rtt,
+        "rtt_p10_ms": rtts[len(rtts) // 10],
+        "rtt_p90_ms": rtts[len(rtts) * 9 // 10],
+        "rtt_std_ms": statistics.pstdev(rtts),
+    }
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay_s: float) -> None:
-    """Forward bytes, each chunk released ``delay_s`` after it arrived (order kept)."""
+async def _pipe(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    delay_s: float,
+    jitter_s: float,
+    rng: random.Random,
+) -> None:
+    """Forward bytes, each chunk released ``delay_s`` (plus or minus ``jitter_s / 2``,
+    uniform) after it arrived, never before the chunk ahead of it (order kept)."""
     queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
 
     async def pump() -> None:
@@ -318,10 +394,13 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dela
             await writer.drain()
 
     task = asyncio.ensure_future(pump())
+    due = 0.0
     try:
         while True:
             data = await reader.read(1 << 16)
-            await queue.put((time.monotonic() + delay_s, data))
+            wait = max(0.0, delay_s + jitter_s * (rng.random() - 0.5))
+            due = max(due, time.monotonic() + wait)
+            await queue.put((due, data))
             if not data:
                 break
     finally:  # a reset connection ends the pump too, so the other side sees EOF
@@ -330,8 +409,11 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dela
             await task
 
 
-async def _proxy(host: str, port: int, to_host: str, to_port: int, rtt_ms: float) -> None:
-    half = rtt_ms / 2000.0
+async def _proxy(
+    host: str, port: int, to_host: str, to_port: int, rtt_ms: float, jitter_ms: float
+) -> None:
+    half, jitter = rtt_ms / 2000.0, jitter_ms / 1000.0
+    rng = random.Random(0)  # seeded: a run's delays repeat
 
     async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         try:
@@ -339,7 +421,11 @@ async def _proxy(host: str, port: int, to_host: str, to_port: int, rtt_ms: float
         except OSError:
             w.close()
             return
-        await asyncio.gather(_pipe(r, uw, half), _pipe(ur, w, half), return_exceptions=True)
+        await asyncio.gather(
+            _pipe(r, uw, half, jitter, rng),
+            _pipe(ur, w, half, jitter, rng),
+            return_exceptions=True,
+        )
 
     server = await asyncio.start_server(handle, host, port)
     async with server:
@@ -352,7 +438,8 @@ def main(argv: list[str]) -> None:
     elif argv[0] == "probe":
         print(json.dumps(_probe(argv[1], int(argv[2]), int(argv[3]), int(argv[4]))))
     elif argv[0] == "proxy":
-        asyncio.run(_proxy(argv[1], int(argv[2]), argv[3], int(argv[4]), float(argv[5])))
+        numbers = (float(argv[5]), float(argv[6]))
+        asyncio.run(_proxy(argv[1], int(argv[2]), argv[3], int(argv[4]), *numbers))
     else:
         raise SystemExit(f"unknown helper {argv[0]!r}")
 

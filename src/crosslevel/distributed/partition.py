@@ -4,14 +4,15 @@
 each tier's device, labelled; links from the catalogue), picks the exact solver that fits
 the case (min-cut for two tiers without limits and an additive objective, HiGHS ILP
 otherwise), compares it with Neurosurgeon's chain-only search, then proves the split by
-running every part with ONNX Runtime and comparing with the whole model (DESIGN.md's
-float tolerance), times each part on this host (labelled measured, host) and, when the
-cut tensors are int8-compressed, measures the fidelity lost on fixed random inputs.
+running every part and comparing with the whole model (ONNX Runtime and DESIGN.md's
+float tolerance; for int8 TFLite graphs, TFLite Micro and bit-exact: ``parts``), times
+each part on this host (labelled measured, host) and, when the cut tensors are
+int8-compressed, measures the fidelity lost on fixed random inputs.
 
-``write_plan`` writes OUT/plan.json (``crosslevel.partition/1``), one ONNX model per
-non-empty tier (``tier0_device.onnx`` ...) and the whole model (``model.onnx``: the
-device's fallback). ``load_plan`` validates an untrusted plan: any failure is one
-InvalidModelError naming the field.
+``write_plan`` writes OUT/plan.json (``crosslevel.partition/1``), one model per non-empty
+tier (``tier0_device.onnx`` ..., or ``.tflite`` for int8 graphs) and the whole model
+(``model.onnx`` / ``model.tflite``: the device's fallback). ``load_plan`` validates an
+untrusted plan: any failure is one InvalidModelError naming the field.
 """
 
 from __future__ import annotations
@@ -19,13 +20,20 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 
+from crosslevel.distributed.parts import (
+    ONNX,
+    TFLITE,
+    PartSession,
+    export_part,
+    part_format,
+    time_part,
+)
 from crosslevel.distributed.problem import OBJECTIVES, Problem
 from crosslevel.distributed.solvers import solve_chain, solve_ilp, solve_mincut
 from crosslevel.distributed.split import Split, check_assignment, split_graph
@@ -52,8 +60,10 @@ class PartitionResult:
     value: float
     chain_value: float
     plan: dict[str, Any]
-    models: list[onnx.ModelProto | None]
-    whole: onnx.ModelProto
+    models: list[bytes | None]  # per tier, in the plan's format (``parts``)
+    whole: bytes
+    fmt: str = ONNX
+    candidate_models: list[list[bytes | None]] = field(default_factory=list)
 
 
 def node_times(graph: Graph, device: Device) -> tuple[dict[str, float], str]:
@@ -91,13 +101,17 @@ def solve(problem: Problem) -> tuple[dict[str, int], float, str]:
 
 def _random_inputs(graph: Graph, count: int, seed: int = 0) -> list[list[np.ndarray]]:
     rng = np.random.default_rng(seed)
-    return [
-        [
-            rng.standard_normal(graph.tensors[n].shape).astype(graph.tensors[n].dtype)
-            for n in graph.inputs
-        ]
-        for _ in range(count)
-    ]
+    return [[random_tensor(rng, graph.tensors[n].shape, graph.tensors[n].dtype)
+             for n in graph.inputs] for _ in range(count)]  # fmt: skip
+
+
+def random_tensor(rng: np.random.Generator, shape: Any, dtype: str) -> np.ndarray:
+    """Standard normal floats, or integers over the whole range of an integer dtype."""
+    kind = np.dtype(dtype)
+    if kind.kind in "iu":
+        info = np.iinfo(kind)
+        return rng.integers(info.min, int(info.max) + 1, size=shape).astype(kind)
+    return rng.standard_normal(shape).astype(kind)
 
 
 def quantize_int8(x: np.ndarray) -> tuple[np.ndarray, float, int]:
@@ -115,23 +129,19 @@ def dequantize_int8(q: np.ndarray, scale: float, zero: int) -> np.ndarray:
 
 
 class PartRunner:
-    """ONNX Runtime sessions of a split's parts, run in tier order on one host."""
+    """Sessions of a split's parts (ONNX Runtime or TFLM), run in tier order on one host."""
 
-    def __init__(self, split: Split, models: list[onnx.ModelProto | None]) -> None:
-        from crosslevel.runtime.ort import make_session
-
+    def __init__(self, split: Split, models: list[bytes | None], fmt: str = ONNX) -> None:
         self.split = split
-        self.sessions = [None if m is None else make_session(m) for m in models]
+        self.sessions = [None if m is None else PartSession(m, fmt) for m in models]
 
     def run_tier(self, k: int, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run tier k on ``values`` (which hold its inputs); returns its outputs by name."""
-        from crosslevel.runtime.ort import run_session
-
         part = self.split.parts[k]
         session = self.sessions[k]
         if part is None or session is None:
             return {}
-        outs = run_session(session, [values[n] for n in part.inputs])
+        outs = session.run([values[n] for n in part.inputs])
         return dict(zip(part.outputs, outs, strict=True))
 
     def run(self, inputs: list[np.ndarray], graph: Graph, compress: bool) -> list[np.ndarray]:
@@ -146,42 +156,40 @@ class PartRunner:
 
 
 def verify_split(
-    graph: Graph, runner: PartRunner, whole: onnx.ModelProto, compress: bool
+    graph: Graph, runner: PartRunner, whole: bytes, compress: bool, fmt: str = ONNX
 ) -> dict[str, Any]:
-    """Split vs whole model on fixed random inputs: max |diff| and top-1 agreement."""
-    from crosslevel.runtime.ort import make_session, run_session
-
-    session = make_session(whole)
+    """Split vs whole model on fixed random inputs: max |diff| and top-1 agreement. Int8
+    TFLite parts must be bit-exact (tolerance 0); float ones within DESIGN.md's."""
+    session = PartSession(whole, fmt)
     worst = 0.0
     ref_max = 0.0
     agree = 0
     inputs = _random_inputs(graph, FIDELITY_INPUTS)
     for x in inputs:
-        ref = run_session(session, x)
+        ref = session.run(x)
         got = runner.run(x, graph, compress)
         for r, g in zip(ref, got, strict=True):
             worst = max(worst, float(np.max(np.abs(r.astype(np.float64) - g))))
             ref_max = max(ref_max, float(np.max(np.abs(r))))
         agree += int(np.argmax(ref[0]) == np.argmax(got[0]))
-    tol = 1e-5 * max(1.0, ref_max)
+    tol = 0.0 if fmt == TFLITE else 1e-5 * max(1.0, ref_max)
+    runtime = "TFLite Micro" if fmt == TFLITE else "ONNX Runtime"
     return {
         "inputs": len(inputs),
         "max_abs_diff": worst,
         "tolerance": tol,
         "within_tolerance": worst <= tol,
         "top1_agreement": agree / len(inputs),
-        "label": "fidelity on fixed random inputs (seed 0), split vs whole model in ONNX Runtime",
+        "label": f"fidelity on fixed random inputs (seed 0), split vs whole model in {runtime}",
     }
 
 
 def measure_parts(
-    split: Split, models: list[onnx.ModelProto | None], graph: Graph
+    split: Split, models: list[bytes | None], graph: Graph, fmt: str = ONNX
 ) -> list[float | None]:
-    """Median ms of each part on this host (ONNX Runtime, 1 thread)."""
-    from crosslevel.runtime.ort import time_onnx
-
+    """Median ms of each part on this host (ONNX Runtime or TFLM, 1 thread)."""
     x = _random_inputs(graph, 1)[0]
-    runner = PartRunner(split, models)
+    runner = PartRunner(split, models, fmt)
     values = dict(zip(graph.inputs, x, strict=True))
     times: list[float | None] = []
     for k, model in enumerate(models):
@@ -190,15 +198,13 @@ def measure_parts(
             times.append(None)
             continue
         feed = [values[n] for n in part.inputs]
-        times.append(time_onnx(model, feed, repeats=20, warmup=3).median_ms)
+        times.append(time_part(model, fmt, feed))
         values.update(runner.run_tier(k, values))
     return times
 
 
-def export_parts(split: Split) -> list[onnx.ModelProto | None]:
-    from crosslevel.ir.onnx import export_onnx
-
-    return [None if p is None else export_onnx(p) for p in split.parts]
+def export_parts(split: Split, fmt: str = ONNX) -> list[bytes | None]:
+    return [None if p is None else export_part(p, fmt) for p in split.parts]
 
 
 def plan_partition(
@@ -212,13 +218,17 @@ def plan_partition(
     compress_int8: bool = False,
     source: str = "",
     assignment: dict[str, int] | None = None,
+    candidates: int = 0,
 ) -> PartitionResult:
     """Solve, verify by execution and measure one placement (see the module docstring).
 
-    ``assignment`` replaces the solver's choice (benchmarks and tests evaluate given splits).
+    ``assignment`` replaces the solver's choice (benchmarks and tests evaluate given splits);
+    ``candidates`` > 0 adds up to that many chain splits for run-time switching
+    (``adaptive.plan_candidates``; two tiers only).
     """
-    from crosslevel.ir.onnx import export_onnx
-
+    fmt = part_format(graph)
+    if fmt == TFLITE and compress_int8:
+        raise UsageError("--compress-int8: the cut tensors of an int8 model are int8 already")
     problem = build_problem(graph, devices, links, objective, ram_limit, flash_limit, compress_int8)
     if assignment is not None:
         check_assignment(graph, assignment, problem.n_tiers)  # before costing it
@@ -227,17 +237,17 @@ def plan_partition(
         tier_of, value, method = solve(problem)
     chain_tier_of, chain_value, chain_rows = solve_chain(problem)
     split = split_graph(graph, tier_of, problem.n_tiers)
-    models = export_parts(split)
-    whole = export_onnx(graph)
-    fidelity = verify_split(graph, PartRunner(split, models), whole, compress_int8)
+    models = export_parts(split, fmt)
+    whole = export_part(graph, fmt)
+    fidelity = verify_split(graph, PartRunner(split, models, fmt), whole, compress_int8, fmt)
     if not compress_int8 and not fidelity["within_tolerance"]:
         raise InvalidModelError(
             f"split outputs differ from the whole model by {fidelity['max_abs_diff']:.3g} "
             f"(tolerance {fidelity['tolerance']:.3g}); the plan is not written"
         )
-    host_ms = measure_parts(split, models, graph)
+    host_ms = measure_parts(split, models, graph, fmt)
     plan = _plan_json(
-        problem, roles, split, tier_of, method, value, fidelity, host_ms, source, models
+        problem, roles, split, tier_of, method, value, fidelity, host_ms, source, models, fmt
     )
     plan["chain_search"] = {
         "method": "Neurosurgeon-style: every prefix of the node order",
@@ -245,12 +255,28 @@ def plan_partition(
         "splits_evaluated": len(chain_rows),
         "device_nodes": sum(1 for t in chain_tier_of.values() if t == 0),
     }
-    return PartitionResult(problem, tier_of, split, method, value, chain_value, plan, models, whole)
+    result = PartitionResult(
+        problem, tier_of, split, method, value, chain_value, plan, models, whole, fmt
+    )
+    if candidates > 0:
+        from crosslevel.distributed.adaptive import candidate_entries, plan_candidates
+
+        if problem.n_tiers != 2:
+            raise UsageError("run-time split candidates need a two-tier plan")
+        entries, result.candidate_models = candidate_entries(
+            problem, plan_candidates(problem, candidates)
+        )
+        plan["candidates"] = entries
+    return result
 
 
 def _tensor_spec(graph: Graph, name: str) -> dict[str, Any]:
     t = graph.tensors[name]
-    return {"name": name, "shape": list(t.shape), "dtype": t.dtype, "bytes": t.nbytes}
+    spec = {"name": name, "shape": list(t.shape), "dtype": t.dtype, "bytes": t.nbytes}
+    if t.quant is not None and t.quant.scale.size == 1:  # an int8 tensor's meaning
+        zero = int(np.asarray(t.quant.zero_point).reshape(-1)[0])
+        spec["quant"] = {"scale": float(t.quant.scale[0]), "zero_point": zero}
+    return spec
 
 
 def _plan_json(
@@ -263,7 +289,8 @@ def _plan_json(
     fidelity: dict[str, Any],
     host_ms: list[float | None],
     source: str,
-    models: list[onnx.ModelProto | None],
+    models: list[bytes | None],
+    fmt: str,
 ) -> dict[str, Any]:
     g = problem.graph
     b = problem.breakdown(tier_of)
@@ -276,15 +303,13 @@ def _plan_json(
                 "role": role,
                 "device": dev.name,
                 "nodes": [n.name for n in g.nodes if tier_of[n.name] == k],
-                "model_file": None if part is None else f"tier{k}_{role}.onnx",
+                "model_file": None if part is None else f"tier{k}_{role}.{fmt}",
                 "inputs": [] if part is None else [_tensor_spec(g, n) for n in part.inputs],
                 "outputs": [] if part is None else [_tensor_spec(g, n) for n in part.outputs],
                 "compute_ms": b["compute_ms"][k],
                 "compute_label": labels[k],
                 "host_measured_ms": host_ms[k],
-                "sha256": None
-                if models[k] is None
-                else hashlib.sha256(models[k].SerializeToString()).hexdigest(),  # type: ignore[union-attr]
+                "sha256": _sha256(models[k]),
             }
         )
     tiers[0]["ram_bytes"] = problem.device_ram(tier_of)
@@ -299,7 +324,9 @@ def _plan_json(
             "wire_bytes": sum(problem.wire_bytes(n) for n in split.boundary[k]),
             "transfer_ms": b["transfer_ms"][k],
             "rtt_ms": b["rtt_ms"][k],
-            "label": "predicted from the link catalogue",
+            "model_up_mbps": link.bandwidth_up_bps / 1e6,
+            "model_rtt_ms": link.rtt_ms,
+            "label": "predicted from the link model",
         }
         for k, link in enumerate(problem.links)
     ]
@@ -314,7 +341,8 @@ def _plan_json(
         "flash_limit_bytes": problem.flash_limit,
         "inputs": [_tensor_spec(g, n) for n in g.inputs],
         "outputs": [_tensor_spec(g, n) for n in g.outputs],
-        "whole_model_file": "model.onnx",
+        "whole_model_file": f"model.{fmt}",
+        "runtime": "tflite-micro" if fmt == TFLITE else "onnxruntime",
         "tiers": tiers,
         "links": links,
         "fidelity": fidelity,
@@ -327,11 +355,23 @@ def write_plan(result: PartitionResult, out: Path) -> list[Path]:
     for tier, model in zip(result.plan["tiers"], result.models, strict=True):
         if model is not None:
             path = out / tier["model_file"]
-            path.write_bytes(model.SerializeToString())
+            path.write_bytes(model)
             written.append(path)
-    (out / "model.onnx").write_bytes(result.whole.SerializeToString())
+    for entry, parts in zip(result.plan.get("candidates", []), result.candidate_models,
+                            strict=True):  # fmt: skip
+        for tier, model in zip(entry["tiers"], parts, strict=True):
+            if model is not None:
+                path = out / tier["model_file"]
+                path.write_bytes(model)
+                written.append(path)
+    whole = out / result.plan["whole_model_file"]
+    whole.write_bytes(result.whole)
     (out / "plan.json").write_text(json.dumps(result.plan, indent=2))
-    return [*written, out / "model.onnx", out / "plan.json"]
+    return [*written, whole, out / "plan.json"]
+
+
+def _sha256(model: bytes | None) -> str | None:
+    return None if model is None else hashlib.sha256(model).hexdigest()
 
 
 # ----------------------------------------------------------------------------- loading
@@ -402,11 +442,52 @@ def load_plan(path: Path) -> dict[str, Any]:
             for j, spec in enumerate(link[key]):
                 _check_spec(spec, f"links[{k}].{key}[{j}]")
     _check_flow(doc)
+    if "candidates" in doc:
+        _check_candidates(doc, folder)
     doc["_folder"] = str(folder)
     doc["_whole"] = str(_safe_file(folder, doc.get("whole_model_file"), "whole_model_file"))
     if not isinstance(doc.get("compress_int8"), bool):
         raise _fail("compress_int8", "must be true or false")
     return doc
+
+
+def _check_candidates(doc: dict[str, Any], folder: Path) -> None:
+    """Run-time split candidates: each a two-tier mini plan with its predicted figures."""
+    from crosslevel.distributed.adaptive import MAX_CANDIDATES
+
+    cands = doc["candidates"]
+    if not isinstance(cands, list) or not 1 <= len(cands) <= MAX_CANDIDATES:
+        raise _fail("candidates", f"must be a list of 1..{MAX_CANDIDATES} splits")
+    for i, cand in enumerate(cands):
+        where = f"candidates[{i}]"
+        if not isinstance(cand, dict) or not isinstance(cand.get("local"), bool):
+            raise _fail(where, "must be an object with a boolean 'local'")
+        for key in ("device_nodes", "device_ms", "edge_ms", "up_bytes", "down_bytes"):
+            value = cand.get(key)
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if not number or not math.isfinite(float(value)) or float(value) < 0:  # type: ignore[arg-type]
+                raise _fail(f"{where}.{key}", "must be a finite number >= 0")
+        tiers, links = cand.get("tiers"), cand.get("links")
+        if not isinstance(tiers, list) or len(tiers) != 2 or not isinstance(links, list):
+            raise _fail(where, "needs two tiers and one link")
+        mini = {"inputs": doc["inputs"], "outputs": doc["outputs"], "tiers": tiers,
+                "links": links}  # fmt: skip
+        _drop_private(mini)
+        files = [t.get("model_file") if isinstance(t, dict) else None for t in tiers]
+        if cand["local"] and any(f is not None for f in files):
+            raise _fail(where, "a local candidate has no part files")
+        for k, tier in enumerate(tiers):
+            _check_tier(tier, k, folder)
+        if cand["local"]:  # all on the device: it runs the whole model, nothing is sent
+            continue
+        if len(links) != 1 or not isinstance(links[0], dict):
+            raise _fail(f"{where}.links", "must hold one object")
+        for key in ("tensors", "returned"):
+            if not isinstance(links[0].get(key), list):
+                raise _fail(f"{where}.links[0].{key}", "must be a list")
+            for j, spec in enumerate(links[0][key]):
+                _check_spec(spec, f"{where}.links[0].{key}[{j}]")
+        _check_flow(mini)
 
 
 def _names(specs: list[dict[str, Any]]) -> set[str]:
@@ -476,8 +557,9 @@ def measure_chain(problem: Problem, max_splits: int = 64) -> list[dict[str, Any]
     for cut in points:
         tier_of = {n: int(i >= cut) for i, n in enumerate(names)}
         split = split_graph(g, tier_of, 2)
-        models = export_parts(split)
-        host = measure_parts(split, models, g)
+        fmt = part_format(g)
+        models = export_parts(split, fmt)
+        host = measure_parts(split, models, g, fmt)
         b = problem.breakdown(tier_of)
         transfer = b["transfer_ms"][0] + b["rtt_ms"][0]
         rows.append(

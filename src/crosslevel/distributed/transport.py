@@ -95,6 +95,11 @@ def _header(message: bytes) -> tuple[dict[str, Any], memoryview]:
     return header, memoryview(message)[8 + size :]
 
 
+def header_of(message: bytes) -> dict[str, Any]:
+    """The checked header alone (to pick the tensors to expect before ``decode``)."""
+    return _header(message)[0]
+
+
 def decode(
     message: bytes, expected: Sequence[TensorSpec]
 ) -> tuple[str, dict[str, np.ndarray], dict[str, Any]]:

@@ -1,0 +1,60 @@
+"""The split level in the cross-level search: its figures, and a search that must split."""
+
+from __future__ import annotations
+
+import pytest
+
+from crosslevel.distributed.search_level import SPLIT_CHOICES, SplitLevel, prefix_assignment
+from crosslevel.hardware.devices import get_link
+from crosslevel.ir.load import load_model
+from crosslevel.search.levels import MemoryLevel
+from crosslevel.search.objectives import Demands
+from crosslevel.search.optimize import GraphLevel
+from crosslevel.search.space import Space
+from crosslevel.search.study import Evaluator, Settings, run_search
+
+
+@pytest.fixture(scope="module")
+def space() -> Space:
+    graph = load_model("zoo:resnet8").graph
+    split = SplitLevel(get_link("wifi"), device="rpi4", edge="host")
+    return Space([GraphLevel(graph, "zoo:resnet8"), MemoryLevel(time_limit_s=0.5), split])
+
+
+def test_split_figures_follow_the_placement(space: Space) -> None:
+    level = space.levels[2]
+    assert isinstance(level, SplitLevel)
+    whole = space.build({}, exact=False).figures  # the default: everything on the device
+    assert whole["split_device_nodes"] == len(space.levels[0].graph.nodes)  # type: ignore[attr-defined]
+    assert whole["split_transfer_ms"] == 0.0
+    assert whole["peak_ram_bytes"] <= whole["whole_peak_ram_bytes"]  # best plan vs tflm
+    edge = space.build({"split.split": 0.0}, exact=False).figures
+    assert edge["peak_ram_bytes"] == 0 and edge["flash_bytes"] == 0
+    assert edge["split_transfer_ms"] > 0
+    latencies = {}
+    for choice in SPLIT_CHOICES:
+        fig = space.build({"split.split": choice}, exact=False).figures
+        latencies[choice] = fig["latency_ms"]
+        if choice != "exact":
+            problem = level.problem(space.levels[0].graph, False)  # type: ignore[attr-defined]
+            tier_of = prefix_assignment(problem.graph, float(choice))  # type: ignore[arg-type]
+            assert fig["latency_ms"] == pytest.approx(problem.cost(tier_of))
+    # The exact cut is at least as good as every prefix cut.
+    assert latencies["exact"] <= min(latencies.values()) + 1e-9
+    half = space.build({"split.split": 0.5}, exact=False).figures
+    packed = space.build({"split.split": 0.5, "split.compress": True}, exact=True).figures
+    assert packed["split_transfer_ms"] < half["split_transfer_ms"]  # ~4x fewer bytes
+    assert 0.5 <= packed["split_top1_agreement"] <= 1.0
+
+
+def test_search_over_memory_and_split_meets_a_ram_limit(space: Space) -> None:
+    whole = space.build({}, exact=False).figures
+    limit = int(whole["peak_ram_bytes"] * 0.6)  # all-device does not fit: it must split
+    demands = Demands(max_ram_bytes=limit)
+    evaluator = Evaluator(space, demands, None)
+    result = run_search(space, evaluator, Settings(budget=14, seed=1), {"test": "split"})
+    feasible = [r for r in result.records if r.feasible]
+    assert feasible, "no point of the search met the RAM limit"
+    for rec in feasible:
+        assert rec.params["split.split"] != 1.0
+        assert rec.figures["peak_ram_bytes"] <= limit
