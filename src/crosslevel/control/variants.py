@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from crosslevel.errors import InvalidModelError
+from crosslevel.files import file_inside
 
 FORMAT = "crosslevel.variants/1"
 
@@ -71,15 +72,10 @@ def _number(value: Any, path: Path, where: str) -> float:
 
 def _model_path(files: dict[str, Any], path: Path, where: str) -> Path:
     """The ONNX file, resolved (symlinks too) and required to stay inside the folder."""
-    folder = path.parent.resolve()
     try:
-        onnx_path = (folder / files["onnx"]).resolve()
-        inside = onnx_path.is_relative_to(folder) and onnx_path.is_file()
-    except (OSError, ValueError):  # e.g. an embedded NUL byte, a name too long
-        inside = False
-    if not inside:
-        raise _fail(path, f"{where}: model file {files['onnx']!r} is not a file inside {folder}")
-    return onnx_path
+        return file_inside(path.parent, files["onnx"], subfolders=True)
+    except ValueError as exc:
+        raise _fail(path, f"{where}: {exc}") from None
 
 
 def _variant(entry: Any, path: Path, i: int) -> Variant:

@@ -38,6 +38,7 @@ from crosslevel.distributed.problem import OBJECTIVES, Problem
 from crosslevel.distributed.solvers import solve_chain, solve_ilp, solve_mincut
 from crosslevel.distributed.split import Split, check_assignment, split_graph
 from crosslevel.errors import InvalidModelError, UsageError
+from crosslevel.files import file_inside
 from crosslevel.hardware.cost_model import predict_latency
 from crosslevel.hardware.devices import Device, Link
 from crosslevel.ir.graph import DTYPE_BYTES, Graph
@@ -398,14 +399,10 @@ def _check_spec(spec: Any, where: str) -> dict[str, Any]:
 
 
 def _safe_file(folder: Path, name: Any, where: str) -> Path:
-    if not isinstance(name, str) or "/" in name or "\\" in name or name in ("", ".", ".."):
-        raise _fail(where, f"model file {name!r} must be a plain file name inside the plan folder")
-    path = folder / name
-    if not path.is_file():
-        raise _fail(where, f"model file {path} does not exist")
-    if path.resolve().parent != folder.resolve():  # a symlink out of the folder
-        raise _fail(where, f"model file {name!r} resolves outside the plan folder")
-    return path
+    try:
+        return file_inside(folder, name)
+    except ValueError as exc:
+        raise _fail(where, str(exc)) from None
 
 
 def load_plan(path: Path) -> dict[str, Any]:

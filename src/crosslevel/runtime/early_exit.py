@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from crosslevel.errors import InvalidModelError, UsageError
+from crosslevel.files import file_inside
 from crosslevel.runtime.ort import make_session
 
 FORMAT = "crosslevel.early_exit/1"
@@ -215,13 +216,10 @@ def _name(value: Any, where: str) -> str:
 
 def _model_file(folder: Path, value: Any, where: str) -> Path:
     """A plain file name inside ``folder`` that is, after symlinks, still inside it."""
-    name = _name(value, where)
-    if "/" in name or "\\" in name or "\0" in name or name in (".", ".."):
-        raise _fail(where, f"model file {name!r} must be a plain file name inside {folder}")
-    path = folder / name
-    if not path.is_file() or path.resolve().parent != folder.resolve():
-        raise _fail(where, f"model file {name!r} is not a file inside {folder}")
-    return path
+    try:
+        return file_inside(folder, _name(value, where))
+    except ValueError as exc:
+        raise _fail(where, str(exc)) from None
 
 
 def _part(doc: Any, folder: Path, where: str) -> OnnxPart:
