@@ -2,10 +2,19 @@
 
 On the built-in default of `crosslevel optimize` (digits_cnn on scikit-learn digits,
 target stm32g031k8: 8 KiB SRAM, 64 KiB flash, where the unoptimized float model fits
-neither), five searches per sampler seed, each with the same budget of distinct knob
-combinations: the joint space (model, graph, memory and operator levels) and each level
-alone (the others at their unoptimized setting: the float model as exported, no graph
-pass, TFLM's planner, the C generator's default kernels). Per search:
+neither), five searches per sampler seed, each with the same trial budget: the joint
+space (model, graph, memory and operator levels) and each level alone (the others at
+their unoptimized setting: the float model as exported, no graph pass, TFLM's planner,
+the C generator's default kernels).
+
+How budgets are counted: a trial is one distinct combination of the accuracy-changing
+knobs (the model level's), i.e. at most one exact evaluation (fine-tuning over the data
+seeds); every search gets the same number of trials. Within a trial the accuracy-preserving
+knobs (graph, memory, operator) are chosen by an inner search that builds each of their
+combinations analytically (no fine-tuning; they cannot change accuracy) and keeps the
+non-dominated points; those analytic evaluations are counted separately ("analytic") and
+so are the points kept ("points"). A preserving level searched alone has a single trial
+(nothing to fine-tune), whose inner search is its whole search. Per search:
 
 * hypervolume of (predicted latency, peak RAM, flash) over the measured points that meet
   the device's limits and lose at most 1 pp of accuracy (accuracy over 3 data seeds), with
@@ -87,7 +96,9 @@ def main() -> None:
         base = found["joint"].baseline
         for name, res in found.items():
             rows.append({
-                "seed": seed, "search": name, "evaluated": len(res.records),
+                "seed": seed, "search": name, "trials": res.evaluated_total,
+                "measured": res.measured_this_run, "analytic": res.analytic_this_run,
+                "points": len(res.records),
                 "feasible": sum(r.feasible for r in res.records),
                 "hypervolume": front_hypervolume(res.records, base, demands),
                 "dominated_by_joint": None if name == "joint"
@@ -103,9 +114,10 @@ def main() -> None:
 def print_table(rows: list[dict[str, Any]], args: Any, tol: float, elapsed: float) -> None:
     table = Table(
         title=f"{DEFAULT_MODEL} on {DEFAULT_DATA}, {DEFAULT_DEVICE}: hypervolume at "
-        f"{args.budget} evaluated combinations per search ({args.sampler})"
+        f"a budget of {args.budget} trials (exact evaluations) per search ({args.sampler})"
     )
-    for col in ("seed", "search", "evaluated", "feasible", "hypervolume", "vs joint",
+    for col in ("seed", "search", "trials", "measured", "analytic", "points", "feasible",
+                "hypervolume", "vs joint",
                 "single-level points dominated by joint"):  # fmt: skip
         table.add_column(col, justify="left" if col == "search" else "right")
     joint = {r["seed"]: r["hypervolume"] for r in rows if r["search"] == "joint"}
@@ -116,7 +128,8 @@ def print_table(rows: list[dict[str, Any]], args: Any, tol: float, elapsed: floa
             wins &= r["hypervolume"] < joint[r["seed"]]
         share = r["dominated_by_joint"]
         table.add_row(
-            str(r["seed"]), r["search"], str(r["evaluated"]), str(r["feasible"]),
+            str(r["seed"]), r["search"], str(r["trials"]), str(r["measured"]),
+            str(r["analytic"]), str(r["points"]), str(r["feasible"]),
             f"{r['hypervolume']:.4g}", f"{ratio:.3f}",
             "-" if share is None else f"{share:.0%}",
         )  # fmt: skip

@@ -152,20 +152,31 @@ class CountingEvaluator(Evaluator):
         return super().evaluate(number, params, done)
 
 
+def _sampled(params: Mapping[str, KnobValue]) -> tuple[tuple[str, KnobValue], ...]:
+    """The knobs the study samples (the accuracy-changing level's) of a point."""
+    return tuple(sorted((k, v) for k, v in params.items() if k.startswith("model.")))
+
+
 def test_resumed_study_continues_without_repeating_finished_trials(tmp_path: Path) -> None:
     db = tmp_path / "study.db"
     space, _ = make_space()
     first_eval = CountingEvaluator(space)
-    first = run_search(space, first_eval, Settings(budget=8, study_path=db), {"t": 4})
+    first = run_search(space, first_eval, Settings(budget=5, study_path=db), {"t": 4})
     space2, model2 = make_space()  # as a new process would: nothing cached
     second_eval = CountingEvaluator(space2)
-    second = run_search(space2, second_eval, Settings(budget=20, study_path=db), {"t": 4})
-    assert len(first.records) == 8 and second.resumed_from == 8
-    assert len(second.records) == 20 and second.evaluated_this_run == 12
+    second = run_search(space2, second_eval, Settings(budget=9, study_path=db), {"t": 4})
+    assert first.evaluated_total == 5 and second.resumed_from == 5
+    assert second.evaluated_total == 9 and second.evaluated_this_run == 4
+    # Every point of the finished trials (several per trial) is restored from the file.
+    restored = second.records[: len(first.records)]
+    assert [(r.number, r.params, r.values) for r in restored] == [
+        (r.number, r.params, r.values) for r in first.records
+    ]
+    assert len(first.records) > first.evaluated_total  # inner fronts: several points a trial
     study = optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{db}")
-    assert len(study.trials) == second.trials_total > first.trials_total >= 8  # it grew
+    assert len(study.trials) == second.trials_total > first.trials_total >= 5  # it grew
     assert [t.number for t in study.trials] == list(range(len(study.trials)))
-    finished = {tuple(sorted(r.params.items())) for r in first.records}
+    finished = {_sampled(r.params) for r in first.records}
     assert first_eval.evaluated and second_eval.evaluated
     assert not finished & set(second_eval.evaluated)  # nothing finished is evaluated again
     assert len(set(second_eval.evaluated)) == len(second_eval.evaluated)
@@ -186,7 +197,7 @@ def test_interrupted_trials_are_failed_and_the_search_goes_on(tmp_path: Path) ->
         study_name=STUDY_NAME, storage=f"sqlite:///{db}").trials]  # fmt: skip
     assert optuna.trial.TrialState.RUNNING not in states
     assert states.count(optuna.trial.TrialState.FAIL) == 1
-    assert len(res.records) == 6
+    assert res.evaluated_total == 6
 
 
 def test_a_study_of_another_search_is_refused(tmp_path: Path) -> None:
@@ -201,9 +212,9 @@ def test_a_study_of_another_search_is_refused(tmp_path: Path) -> None:
 
 def test_tpe_sampler_and_time_budget() -> None:
     space, _ = make_space()
-    res = run_search(space, Evaluator(space, DEMANDS, None), Settings(budget=12, sampler="tpe"),
+    res = run_search(space, Evaluator(space, DEMANDS, None), Settings(budget=8, sampler="tpe"),
                      {"t": 6})  # fmt: skip
-    assert len(res.records) == 12 and res.stopped_by == "budget"
+    assert res.evaluated_total == 8 and res.stopped_by == "budget"
     assert res.feasible_front()
     space, _ = make_space()
     res = run_search(space, Evaluator(space, DEMANDS, None),
@@ -248,25 +259,37 @@ def test_unknown_knob_is_a_usage_error() -> None:
         space.build({"model.nope": 1}, exact=False)
 
 
-def _study_with_one_trial(db: Path, fingerprint: dict[str, int], params: dict[str, int],
-                          values: list[float]) -> None:  # fmt: skip
-    """A study file holding one finished trial that claims to be feasible and measured."""
+def _study_with_one_trial(db: Path, fingerprint: dict[str, int], sampled: dict[str, int],
+                          point: dict[str, int], values: list[float]) -> None:  # fmt: skip
+    """A study file holding one finished trial (sampled knobs ``sampled``) whose one point
+    (all knobs ``point``) claims to be feasible and measured."""
     from optuna.distributions import CategoricalDistribution
 
     study = optuna.create_study(storage=f"sqlite:///{db}", study_name=STUDY_NAME,
                                 directions=["minimize"] * 4)  # fmt: skip
     study.set_user_attr("fingerprint", fingerprint)
     choices = make_space()[0].params()  # the space's distributions, as a real run stores
-    study.enqueue_trial(params)
-    trial = study.ask({k: CategoricalDistribution(choices.get(k, (v,))) for k, v in params.items()})
+    study.enqueue_trial(sampled)
+    trial = study.ask(
+        {k: CategoricalDistribution(choices.get(k, (v,))) for k, v in sampled.items()}
+    )
     for key, value in (("stage", "measured"), ("feasible", True), ("figures", {})):
         trial.set_user_attr(key, value)
+    trial.set_user_attr("points", [{"params": point, "values": values, "stage": "measured",
+                                    "feasible": True, "figures": {}}])  # fmt: skip
     study.tell(trial, values)
 
 
-def test_a_stored_trial_outside_the_space_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("sampled", "point"), [
+    ({"model.nope": 1}, {"model.nope": 1}),  # a knob the space does not have
+    ({"model.q": 0, "model.w": 0}, {"model.q": 0, "model.w": 0, "memory.t": 9}),  # no choice 9
+    ({"model.q": 0, "model.w": 0}, {"model.q": 1, "model.w": 0, "memory.t": 0}),  # other trial's
+])  # fmt: skip
+def test_a_stored_trial_outside_the_space_is_refused(
+    tmp_path: Path, sampled: dict[str, int], point: dict[str, int]
+) -> None:
     db = tmp_path / "study.db"
-    _study_with_one_trial(db, {"t": 8}, {"model.nope": 1}, [0.0, 1.0, 1.0, 1.0])
+    _study_with_one_trial(db, {"t": 8}, sampled, point, [0.0, 1.0, 1.0, 1.0])
     space, _ = make_space()
     with pytest.raises(UsageError, match="does not belong to this search"):
         run_search(space, Evaluator(space, DEMANDS, None), Settings(budget=2, study_path=db),
@@ -276,7 +299,8 @@ def test_a_stored_trial_outside_the_space_is_refused(tmp_path: Path) -> None:
 def test_feasibility_of_stored_trials_is_recomputed_not_trusted(tmp_path: Path) -> None:
     db = tmp_path / "study.db"
     params = {"model.q": 0, "model.w": 0, "memory.t": 0}
-    _study_with_one_trial(db, {"t": 9}, params, [0.0, 10.0, 800.0, 1000.0])  # misses RAM
+    _study_with_one_trial(db, {"t": 9}, {"model.q": 0, "model.w": 0}, params,
+                          [0.0, 10.0, 800.0, 1000.0])  # misses RAM  # fmt: skip
     space, _ = make_space()
     res = run_search(space, Evaluator(space, DEMANDS, None), Settings(budget=3, study_path=db),
                      {"t": 9})  # fmt: skip
@@ -302,3 +326,36 @@ def test_variant_table_keeps_the_front_extremes() -> None:
     table = variant_table(chosen, order, 3)
     assert table == [chosen, accurate, fastest]
     assert variant_table(chosen, order, 10) == [chosen, accurate, fastest, order[1], order[2]]
+
+
+def test_a_trial_is_one_exact_evaluation_with_its_inner_front() -> None:
+    """The study samples only the accuracy-changing knobs; each trial builds every
+    preserving choice analytically and keeps its non-dominated points (here all four:
+    each memory step trades RAM for latency), told to the study as one trial."""
+    space, _ = make_space()
+    demands = Demands(max_accuracy_drop_pp=5.5)
+    res = run_search(space, Evaluator(space, demands, None), Settings(budget=1), {"t": 10})
+    assert res.evaluated_total == 1 and res.measured_this_run == 1
+    assert res.analytic_this_run == 4 and len(res.records) == 4
+    assert {r.params["memory.t"] for r in res.records} == {0, 1, 2, 3}
+    assert {r.number for r in res.records} == {0}
+    told = res.records[0]
+    # The most balanced: relative to the trial's largest, t=3 costs 11.5/11.5 + 320/800
+    # = 1.4 (latency + RAM; accuracy and flash are equal), t=0 costs 10/11.5 + 1 = 1.87.
+    assert told.feasible and told.params["memory.t"] == 3
+    assert [r.params for r in res.feasible_front()] == [r.params for r in res.records]
+
+
+def test_a_large_inner_space_is_sampled_the_same_way_every_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import crosslevel.search.study as study_module
+
+    monkeypatch.setattr(study_module, "INNER_LIMIT", 3)
+    space, _ = make_space()
+    evaluator = Evaluator(space, DEMANDS, None)
+    sampled = {"model.q": 1, "model.w": 2}
+    points = evaluator.inner_points(sampled)
+    assert len(points) == 3 and points[0] == {**sampled, "memory.t": 0}  # unoptimized first
+    assert all(p.keys() == space.params().keys() for p in points)
+    assert evaluator.inner_points(dict(sampled)) == points

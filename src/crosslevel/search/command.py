@@ -80,7 +80,12 @@ def optimize_command(
         str | None, typer.Option("--data", help="digits | mnist1d | basic_motions.")
     ] = None,
     budget: Annotated[
-        int, typer.Option(help="Distinct knob combinations to evaluate (study total).")
+        int,
+        typer.Option(
+            help="Trials (study total): distinct combinations of the accuracy-changing knobs, "
+            "one fine-tuning each; each trial picks the accuracy-preserving knobs by a cheap "
+            "analytic inner search."
+        ),
     ] = 24,
     time_budget: Annotated[
         float | None, typer.Option("--time-budget", help="Stop asking new trials after S s.")
@@ -165,8 +170,10 @@ def _print(outcome: Outcome, out: Path) -> None:
     console.print(front_table(outcome))
     s = result["search"]
     console.print(
-        f"{s['evaluated_total']} knob combinations evaluated ({s['evaluated_this_run']} this "
-        f"run, {s['measured_this_run']} measured, the rest stopped by the analytic stage) in "
+        f"{s['evaluated_total']} trials of the accuracy-changing knobs evaluated "
+        f"({s['evaluated_this_run']} this run, {s['measured_this_run']} measured, the rest "
+        f"stopped by the analytic stage; {s['analytic_this_run']} analytic evaluations of the "
+        f"preserving knobs in their inner searches; {s['points_total']} points) in "
         f"{s['trials_total']} Optuna trials, {s['elapsed_s']:.1f} s, stopped by "
         f"{s['stopped_by']}", highlight=False,
     )  # fmt: skip

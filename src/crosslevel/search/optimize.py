@@ -213,7 +213,8 @@ def optimize(req: Request | Prepared, out: Path, progress: Progress | None = Non
     evaluator = Evaluator(space, demands, device)
     fingerprint = {**info, "device": device.name, "demands": demands.to_dict(),
                    "space": {k: list(v) for k, v in space.params().items()},
-                   "seeds": req.seeds, "epochs": req.epochs}  # fmt: skip
+                   "seeds": req.seeds, "epochs": req.epochs,
+                   "trial": "sampled accuracy-changing knobs + inner front"}  # fmt: skip
     backend = _backend(req, demands, device.name)
     try:
         res, ablations = _search(space, evaluator, req, fingerprint, progress, backend)
@@ -264,7 +265,8 @@ def infeasible_message(res: SearchResult, demands: Demands) -> str:
     label = LABELS.get(diag.hardest, diag.hardest)
     limit = demands.limits()[diag.hardest]
     lines = [
-        f"no point meets the demands after {len(res.records)} evaluated points; hardest "
+        f"no point meets the demands after {res.evaluated_total} trials "
+        f"({len(res.records)} points); hardest "
         "demand: "
         f"{label} <= {limit:g} (even the best point misses it by "
         f"{100 * diag.best_violation:.1f} %)",
@@ -475,9 +477,11 @@ def assemble(
         "search": {
             "trials_total": res.trials_total,
             "trials_this_run": res.trials_this_run,
-            "evaluated_total": len(res.records),
+            "evaluated_total": res.evaluated_total,
             "evaluated_this_run": res.evaluated_this_run,
             "measured_this_run": res.measured_this_run,
+            "analytic_this_run": res.analytic_this_run,
+            "points_total": len(res.records),
             "elapsed_s": res.elapsed_s,
             "stopped_by": res.stopped_by,
             "resumed_from": res.resumed_from,

@@ -5,8 +5,9 @@ and asks and tells it; Ray workers only evaluate. What crosses the wire is plain
 a ``SpaceSpec`` (an importable factory and its JSON-able arguments: each worker builds the
 levels itself, so no live torch object or cache travels), the demands, the device's name,
 and per trial its number, knob values, the measured feasible objective vectors so far and
-the baseline accuracy; back comes ``Record.to_dict``-style plain dicts. Each worker is an
-actor that keeps its levels (and their caches) between trials.
+the baseline accuracy; back come the trial's points as plain dicts (``Record``'s fields)
+and its count of inner analytic evaluations. Each worker is an actor that keeps its
+levels (and their caches) between trials.
 
 ``--ray`` starts a small local cluster (2 CPUs, no dashboard, quiet logs) and shuts it
 down afterwards; ``--ray-address ADDR`` joins a running one (the package must be
@@ -74,6 +75,7 @@ class SpaceWorker:
         front: list[list[float]],
         baseline_accuracy: float | None,
     ) -> dict[str, Any]:
+        """The trial's points and how many inner analytic evaluations it took."""
         space = self.spaces.get(searched)
         if space is None:
             space = self.space.restricted(list(searched))
@@ -81,7 +83,8 @@ class SpaceWorker:
         evaluator = Evaluator(space, self.demands, self.device)
         evaluator.baseline_accuracy = baseline_accuracy
         done = [Record(-2, {}, values, "measured", {}, True) for values in front]
-        return asdict(evaluator.evaluate(number, params, done))
+        records = evaluator.evaluate(number, params, done)
+        return {"records": [asdict(r) for r in records], "analytic": evaluator.analytic_runs}
 
 
 class RayBackend:
@@ -110,7 +113,9 @@ class RayBackend:
         demand_values = asdict(demands)
         self.actors: list[Any] = [actor.remote(spec, demand_values, device) for _ in range(workers)]
 
-    def evaluate(self, evaluator: Evaluator, batch: Batch, done: list[Record]) -> list[Record]:
+    def evaluate(
+        self, evaluator: Evaluator, batch: Batch, done: list[Record]
+    ) -> list[list[Record]]:
         searched = tuple(evaluator.space.searched())
         front = [r.values for r in done if r.measured and r.feasible]
         refs = [
@@ -123,9 +128,10 @@ class RayBackend:
             results = self._ray.get(refs, timeout=BATCH_TIMEOUT_S)
         except self._ray.exceptions.RayError as exc:
             raise UsageError(f"a Ray worker failed: {_cause(exc)}") from exc
-        records = [_record(d) for d in results]
-        evaluator.measured_runs += sum(r.measured for r in records)
-        return records
+        trials = [[_record(d) for d in result["records"]] for result in results]
+        evaluator.measured_runs += sum(any(r.measured for r in recs) for recs in trials)
+        evaluator.analytic_runs += sum(int(result["analytic"]) for result in results)
+        return trials
 
     def close(self) -> None:
         if not self._ray.is_initialized():  # already disconnected: nothing left to end

@@ -48,10 +48,14 @@ r.device.ram_bytes }} B working memory, {{ r.device.flash_bytes or "no" }} B fla
 {{ cell("baseline.objectives." ~ name) }}{{ yes(r.baseline_meets[name]) }}</tr>
 {% endif %}{% endfor %}
 </table>
-<p>Search: {{ cell_text("search.evaluated_total") }} knob combinations evaluated
-({{ cell_text("search.evaluated_this_run") }} this run, {{ cell_text("search.measured_this_run") }}
-measured; the others stopped by the analytic stage) in {{ cell_text("search.trials_total") }}
-Optuna trials, {{ cell_text("search.elapsed_s", "{:.1f}") }} s, stopped by
+<p>Search: {{ cell_text("search.evaluated_total") }} trials of the accuracy-changing knobs
+evaluated ({{ cell_text("search.evaluated_this_run") }} this run,
+{{ cell_text("search.measured_this_run") }} measured; the others stopped by the analytic
+stage), each choosing the accuracy-preserving knobs by an inner analytic search
+({{ cell_text("search.analytic_this_run") }} analytic evaluations this run) and
+keeping its non-dominated points ({{ cell_text("search.points_total") }} points),
+in {{ cell_text("search.trials_total") }} Optuna trials,
+{{ cell_text("search.elapsed_s", "{:.1f}") }} s, stopped by
 {{ r.search.stopped_by }}; sampler {{ r.settings.sampler }}.</p>
 
 <h2>Chosen point</h2>
@@ -113,8 +117,8 @@ tensor (hover for name, size, lifetime).</figcaption></figure>
 {{ cell("layers." ~ i ~ "." ~ key) }}{% endfor %}</tr>
 {% endfor %}</table>
 
-<h2>All trials</h2>
-<details><summary>{{ r.trials|length }} trials</summary>
+<h2>All points</h2>
+<details><summary>{{ r.trials|length }} points of {{ r.search.evaluated_total }} trials</summary>
 <table id="trials"><tr><th>trial</th><th>knobs</th><th>stage</th>
 {% for name in r.objectives %}<th>{{ labels[name] }}</th>{% endfor %}</tr>
 {% for t in r.trials %}{% set i = loop.index0 %}

@@ -11,7 +11,10 @@ One small interface (``Level``) is all the search sees of a level:
   flash, MACs, arena and predicted latency); ``exact=True`` adds what is measured
   (fine-tuning and accuracy over seeds);
 * ``changes_accuracy``: whether its knobs can change the model's outputs. Without a PyTorch
-  model and a data set only levels with ``changes_accuracy=False`` are searched.
+  model and a data set only levels with ``changes_accuracy=False`` are searched. It also
+  splits the space for the search: the study samples the accuracy-changing knobs (whose
+  exact evaluation is costly), the preserving knobs are chosen per sample by a cheap inner
+  search (``study.py``).
 
 Levels are applied in order (model before memory: the memory plan is made for the graph
 the model level produced). A new level is one more object in the ``Space``'s list; the
@@ -20,6 +23,7 @@ search code (``study.py``) does not change.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -98,10 +102,7 @@ class Space:
         return {name: choices[0] for name, choices in self.params().items()}
 
     def size(self) -> int:
-        n = 1
-        for choices in self.params().values():
-            n *= len(choices)
-        return n
+        return math.prod(len(choices) for choices in self.params().values())
 
     def level_values(self, level: Level, values: Mapping[str, KnobValue]) -> dict[str, KnobValue]:
         return {k.name: values[qualified(level, k)] for k in level.knobs}
@@ -129,6 +130,20 @@ class Space:
 
     def accuracy_levels(self) -> list[Level]:
         return [lv for lv in self.levels if lv.changes_accuracy]
+
+    def sampled_params(self) -> dict[str, tuple[KnobValue, ...]]:
+        """The knobs the study samples: those of the accuracy-changing levels (each new
+        combination of them costs an exact evaluation: fine-tuning)."""
+        return {qualified(lv, k): k.choices for lv in self.accuracy_levels() for k in lv.knobs}
+
+    def sampled_size(self) -> int:
+        return math.prod(len(choices) for choices in self.sampled_params().values())
+
+    def inner_params(self) -> dict[str, tuple[KnobValue, ...]]:
+        """The knobs of the accuracy-preserving levels: cheap and analytic (they cannot
+        change accuracy), chosen per sampled combination by the inner search."""
+        sampled = self.sampled_params()
+        return {name: c for name, c in self.params().items() if name not in sampled}
 
 
 class _Frozen:

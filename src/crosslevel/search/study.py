@@ -1,13 +1,27 @@
 """The Optuna study over the joint space: ask-and-tell, constraints, SQLite, budgets.
 
+What a trial is. The costly part of evaluating a point is the exact evaluation of the
+accuracy-changing knobs (fine-tuning over seeds, 10-20 s for a zoo model); the
+accuracy-preserving levels (graph passes, memory plan, kernels) cannot change accuracy
+and their figures are analytic (a second or less, cached per graph). So the study samples
+only the accuracy-changing knobs (``Space.sampled_params``), and each trial chooses the
+preserving knobs itself by an inner search: every preserving combination (or a seeded
+sample of ``INNER_LIMIT`` of them when there are more) is built analytically, and the
+non-dominated ones become the trial's points. A trial is thus one exact evaluation and
+yields several front points (a smaller arena vs a faster kernel), each a ``Record``
+tagged with its trial number; the trial budget counts trials (exact evaluations), the
+inner analytic evaluations are counted separately (``analytic_this_run``). Without an
+accuracy-changing level (a model file) the study has one trial: the inner search is the
+whole search, since nothing there is costly.
+
 Why ask-and-tell: the driver alone holds the study (DESIGN.md: SQLite is not shared
 across Ray nodes), and it lets one trial be evaluated in two stages:
 
-1. **Analytic** (always, about a second): every level's cheap pass (``exact=False``) gives
-   the deployed shapes, hence flash, MACs, the exact arena of the memory plan and the
-   predicted latency on the device.
-2. **Measured** (fine-tuning over seeds and accuracy, 10-20 s for a zoo model) only when
-   the candidate can still be feasible and on the front:
+1. **Analytic** (always): every preserving combination's cheap build (``exact=False``)
+   gives the deployed shapes, hence flash, MACs, the exact arena of the memory plan and
+   the predicted latency on the device.
+2. **Measured** (fine-tuning and accuracy) only when one of the trial's inner points can
+   still be feasible and on the front:
 
    * it meets every hard limit that does not involve accuracy (RAM, flash, latency;
      fine-tuning does not change shapes, so these figures are final), and
@@ -15,23 +29,30 @@ across Ray nodes), and it lets one trial be evaluated in two stages:
      analytic figures with no accuracy lost: compression is assumed not to beat the
      baseline's accuracy, so such a point cannot enter the front).
 
-   A trial stopped after stage 1 is told to Optuna with its real analytic figures, a
-   pessimistic 100 pp accuracy drop and its constraint violations, and is never reported
-   as a front point. (Optuna's pruners do not work for multi-objective studies.)
+   Only those inner points are built exactly (the fine-tuned model is cached, so this is
+   one exact evaluation) and the trial keeps the non-dominated ones. A trial stopped after
+   stage 1 keeps one point, its real analytic figures with a pessimistic 100 pp accuracy
+   drop and its constraint violations, never reported as a front point. (Optuna's pruners
+   do not work for multi-objective studies.)
 
-Knob combinations already evaluated (in this run or, from the SQLite file, in an earlier
-one) are not evaluated again: the stored result is told again, so NSGA-II's duplicates on
-small categorical spaces cost nothing, and the budget counts distinct combinations
-evaluated (measured on the synthetic test space: with a trial budget, NSGA-II spent
-three quarters of 100 trials on repeats). An interrupted run leaves RUNNING trials in the
-file; they are marked FAIL when the study is resumed.
+The study is told one point per trial (a feasible one when there is one, then the most
+balanced: smallest sum of objectives relative to the trial's largest); every point of the
+trial is stored in the trial (user attribute ``points``), so a resumed study restores them.
+
+Sampled combinations already evaluated (in this run or, from the SQLite file, in an
+earlier one) are not evaluated again: the stored result is told again, so NSGA-II's
+duplicates on small categorical spaces cost nothing, and the budget counts distinct
+combinations evaluated (measured on the synthetic test space: with a trial budget,
+NSGA-II spent three quarters of 100 trials on repeats). An interrupted run leaves RUNNING
+trials in the file; they are marked FAIL when the study is resumed.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -59,6 +80,7 @@ SAMPLERS = ("nsga2", "tpe")
 STUDY_NAME = "crosslevel-optimize"
 PESSIMISTIC_DROP_PP = 100.0
 MAX_ASKS_PER_EVALUATION = 20  # stop when the sampler only re-proposes evaluated points
+INNER_LIMIT = 512  # preserving combinations built per trial; beyond, a seeded sample
 DEFAULT_ACCURACY_TOLERANCE_PP = 1.0  # the chosen point and hypervolume when no demand is set
 _SCALAR = (int, float, str, bool)
 
@@ -112,15 +134,17 @@ class Settings:
 
 @dataclass
 class SearchResult:
-    records: list[Record]
+    records: list[Record]  # every trial's points, each tagged with its trial number
     baseline: Record
     trials_total: int  # completed Optuna trials, repeats of evaluated points included
     trials_this_run: int
-    evaluated_this_run: int  # distinct knob combinations evaluated now
-    measured_this_run: int  # of which measured (stage 2)
+    evaluated_total: int  # distinct sampled combinations evaluated: the budget's unit
+    evaluated_this_run: int
+    measured_this_run: int  # of which measured (stage 2: one exact evaluation each)
+    analytic_this_run: int  # inner analytic evaluations (cheap builds) this run
     elapsed_s: float
     stopped_by: str
-    resumed_from: int  # distinct combinations already evaluated in the study file
+    resumed_from: int  # distinct sampled combinations already evaluated in the study file
     notes: list[str] = field(default_factory=list)
 
     def measured(self) -> list[Record]:
@@ -142,12 +166,13 @@ def scalar_figures(figures: dict[str, Any]) -> dict[str, Any]:
 
 
 class Evaluator:
-    """Two-stage evaluation of knob combinations (see the module docstring)."""
+    """Two-stage evaluation of a trial and its inner search (see the module docstring)."""
 
     def __init__(self, space: Space, demands: Demands, device: Any) -> None:
         self.space, self.demands, self.device = space, demands, device
         self.baseline_accuracy: float | None = None
-        self.measured_runs = 0
+        self.measured_runs = 0  # trials that reached the exact evaluation
+        self.analytic_runs = 0  # inner analytic evaluations (cheap builds)
 
     def candidate(self, params: dict[str, KnobValue], exact: bool) -> Candidate:
         cand = self.space.build(params, exact)
@@ -160,19 +185,52 @@ class Evaluator:
         self.baseline_accuracy = cand.figures.get("accuracy")
         return self._record(-1, self.space.default(), cand, "measured")
 
-    def evaluate(self, number: int, params: dict[str, KnobValue], done: list[Record]) -> Record:
-        cheap = self.candidate(params, exact=False)
-        optimistic = objective_values(cheap.figures, None)  # no accuracy lost
-        missed = {k: v for k, v in violations(optimistic, self.demands).items() if v > 0}
-        missed.pop("accuracy_drop_pp", None)
-        if missed:
-            return self._record(number, params, cheap, "analytic: misses a limit")
-        if self.space.accuracy_levels() and any(
-            r.measured and r.feasible and _weakly_dominates(r.values, optimistic) for r in done
-        ):
-            return self._record(number, params, cheap, "analytic: dominated")
+    def inner_points(self, sampled: dict[str, KnobValue]) -> list[dict[str, KnobValue]]:
+        """Full knob combinations of the inner search for the sampled knobs: every
+        preserving combination, or (more than ``INNER_LIMIT``) the unoptimized one and a
+        sample seeded by the sampled values (the same on every worker and resume)."""
+        inner = self.space.inner_params()
+        total = math.prod(len(c) for c in inner.values())
+        indices: Iterable[int] = range(total)
+        if total > INNER_LIMIT:
+            rng = random.Random(repr(sorted(sampled.items())))
+            indices = [0, *sorted(rng.sample(range(1, total), INNER_LIMIT - 1))]
+        choices = list(inner.values())
+        return [{**sampled, **dict(zip(inner, _combination(i, choices), strict=True))}
+                for i in indices]  # fmt: skip
+
+    def evaluate(
+        self, number: int, params: dict[str, KnobValue], done: list[Record]
+    ) -> list[Record]:
+        """Trial ``number`` of the sampled knobs ``params``: its points, the one to tell
+        the study first. Dominance is judged against ``done`` only."""
+        cheap = [(full, self.candidate(full, exact=False)) for full in self.inner_points(params)]
+        self.analytic_runs += len(cheap)
+        optimistic = [objective_values(c.figures, None) for _, c in cheap]  # no accuracy lost
+        within = [i for i, v in enumerate(optimistic) if not self._misses_a_limit(v)]
+        if not within:
+            i = min(range(len(cheap)), key=lambda i: _total_violation(optimistic[i], self.demands))
+            return [self._record(number, *cheap[i], "analytic: misses a limit")]
+        front = [within[j] for j in pareto_indices([optimistic[i] for i in within])]
+        still_open = [i for i in front if not self._dominated(optimistic[i], done)]
+        if not still_open:
+            return [self._record(number, *cheap[front[0]], "analytic: dominated")]
         self.measured_runs += 1
-        return self._record(number, params, self.candidate(params, exact=True), "measured")
+        exact = [self._record(number, cheap[i][0], self.candidate(cheap[i][0], exact=True),
+                              "measured") for i in still_open]  # fmt: skip
+        return _told_first([exact[i] for i in pareto_indices([r.values for r in exact])],
+                           self.demands)  # fmt: skip
+
+    def _dominated(self, optimistic: list[float], done: list[Record]) -> bool:
+        """Whether a measured feasible point weakly dominates this optimistic vector (only
+        where accuracy is measured: otherwise there is nothing to save)."""
+        return bool(self.space.accuracy_levels()) and any(
+            r.measured and r.feasible and _weakly_dominates(r.values, optimistic) for r in done
+        )
+
+    def _misses_a_limit(self, optimistic: list[float]) -> bool:
+        missed = {k for k, v in violations(optimistic, self.demands).items() if v > 0}
+        return bool(missed - {"accuracy_drop_pp"})
 
     def _record(
         self, number: int, params: dict[str, KnobValue], cand: Candidate, stage: str
@@ -182,6 +240,35 @@ class Evaluator:
             values[0] = PESSIMISTIC_DROP_PP
         feasible = stage == "measured" and all(meets(values, self.demands).values())
         return Record(number, dict(params), values, stage, scalar_figures(cand.figures), feasible)
+
+
+def _combination(index: int, choices: list[tuple[KnobValue, ...]]) -> tuple[KnobValue, ...]:
+    """The ``index``-th element of the product of ``choices`` (itertools.product order)."""
+    picked: list[KnobValue] = []
+    for options in reversed(choices):
+        index, pick = divmod(index, len(options))
+        picked.append(options[pick])
+    return tuple(reversed(picked))
+
+
+def _total_violation(values: list[float], demands: Demands) -> float:
+    return sum(max(0.0, v) for k, v in violations(values, demands).items()
+               if k != "accuracy_drop_pp")  # fmt: skip
+
+
+def _told_first(records: list[Record], demands: Demands) -> list[Record]:
+    """The trial's points, the one told to the study first: a feasible one if any (else
+    the least violating), then the most balanced (smallest sum of objectives relative to
+    the trial's largest). All points of a measured trial share the accuracy."""
+    top = [max(abs(r.values[k]) for r in records) or 1.0 for k in range(len(OBJECTIVES))]
+
+    def rank(r: Record) -> tuple[bool, float, float]:
+        spread = sum(v / t for v, t in zip(r.values, top, strict=True))
+        return (not r.feasible, sum(max(0.0, v) for v in violations(r.values, demands).values()),
+                spread)  # fmt: skip
+
+    best = min(records, key=rank)
+    return [best, *(r for r in records if r is not best)]
 
 
 def _weakly_dominates(a: list[float], b: list[float]) -> bool:
@@ -233,37 +320,66 @@ def open_study(settings: Settings, fingerprint: dict[str, Any]) -> optuna.Study:
 STAGES = ("measured", "analytic: misses a limit", "analytic: dominated")
 
 
-def _record_from_trial(
+def _records_from_trial(
     trial: FrozenTrial, space: Space, demands: Demands, where: Path | None
-) -> Record | None:
-    """The stored result of a finished trial, checked against the space: a study file is
+) -> list[Record]:
+    """The stored points of a finished trial, checked against the space: a study file is
     input, and a record that does not fit would fail later, far from its cause.
     Feasibility is recomputed from the values, never taken from the file."""
     attrs = trial.user_attrs
     if trial.values is None or "stage" not in attrs:
-        return None
-    params, values, figures = dict(trial.params), list(trial.values), attrs.get("figures", {})
+        return []
+    sampled, points = space.sampled_params(), attrs.get("points")
     fits = (
-        params.keys() == space.params().keys()
-        and all(v in space.params()[k] for k, v in params.items())
+        trial.params.keys() == sampled.keys()
+        and all(v in sampled[k] for k, v in trial.params.items())
+        and isinstance(points, list)
+        and bool(points)
+    )
+    records = [_stored_point(p, trial, space, demands) for p in points or []] if fits else []
+    if not records or None in records:
+        raise UsageError(f"study {where}: trial {trial.number} does not belong to this search")
+    return [r for r in records if r is not None]
+
+
+def _stored_point(point: Any, trial: FrozenTrial, space: Space, demands: Demands) -> Record | None:
+    """One stored point of ``trial`` (None when it does not fit the space or the trial)."""
+    if not isinstance(point, dict):
+        return None
+    params, values = point.get("params"), point.get("values")
+    stage, figures = point.get("stage"), point.get("figures", {})
+    choices = space.params()
+    fits = (
+        isinstance(params, dict)
+        and params.keys() == choices.keys()
+        and all(v in choices[k] for k, v in params.items())
+        and all(params[k] == v for k, v in trial.params.items())
+        and isinstance(values, list)
         and len(values) == len(OBJECTIVES)
-        and all(math.isfinite(v) for v in values)
-        and attrs["stage"] in STAGES
+        and all(isinstance(v, int | float) and math.isfinite(v) for v in values)
+        and stage in STAGES
         and isinstance(figures, dict)
     )
     if not fits:
-        raise UsageError(f"study {where}: trial {trial.number} does not belong to this search")
-    feasible = attrs["stage"] == "measured" and all(meets(values, demands).values())
-    return Record(trial.number, params, values, attrs["stage"], figures, feasible)
+        return None
+    floats = [float(v) for v in values]  # type: ignore[union-attr]
+    feasible = stage == "measured" and all(meets(floats, demands).values())
+    return Record(trial.number, dict(params), floats, str(stage), dict(figures), feasible)  # type: ignore[arg-type]
 
 
-def _tell(study: optuna.Study, trial: optuna.Trial, rec: Record, demands: Demands) -> None:
-    for name, value in zip(OBJECTIVES, constraint_vector(rec.values, demands), strict=True):
+def _tell(study: optuna.Study, trial: optuna.Trial, recs: list[Record], demands: Demands) -> None:
+    """Tell the study the trial's first point; store all of them in the trial."""
+    told = recs[0]
+    for name, value in zip(OBJECTIVES, constraint_vector(told.values, demands), strict=True):
         trial.set_constraint(name, value)  # <= 0: met (0 for an unlimited objective)
-    trial.set_user_attr("stage", rec.stage)
-    trial.set_user_attr("feasible", rec.feasible)
-    trial.set_user_attr("figures", rec.figures)
-    study.tell(trial, rec.values)
+    trial.set_user_attr("stage", told.stage)
+    trial.set_user_attr("feasible", told.feasible)
+    trial.set_user_attr("figures", told.figures)
+    trial.set_user_attr("points", [
+        {"params": r.params, "values": r.values, "stage": r.stage, "figures": r.figures}
+        for r in recs
+    ])  # fmt: skip
+    study.tell(trial, told.values)
 
 
 Progress = Callable[[int, int, str], None]
@@ -274,15 +390,19 @@ class Backend(Protocol):
     """Where a batch of new knob combinations is evaluated: here (``InProcess``) or on Ray
     workers (``search.ray_backend``). The driver alone asks and tells the study."""
 
-    def evaluate(self, evaluator: Evaluator, batch: Batch, done: list[Record]) -> list[Record]:
-        """One record per (trial number, params), in batch order; each evaluation sees
-        only ``done`` (the records before the batch), so a batch's results do not depend
-        on where or in which order its members ran."""
+    def evaluate(
+        self, evaluator: Evaluator, batch: Batch, done: list[Record]
+    ) -> list[list[Record]]:
+        """Each trial's points (``Evaluator.evaluate``), in batch order; each evaluation
+        sees only ``done`` (the records before the batch), so a batch's results do not
+        depend on where or in which order its members ran."""
         ...
 
 
 class InProcess:
-    def evaluate(self, evaluator: Evaluator, batch: Batch, done: list[Record]) -> list[Record]:
+    def evaluate(
+        self, evaluator: Evaluator, batch: Batch, done: list[Record]
+    ) -> list[list[Record]]:
         return [evaluator.evaluate(number, params, done) for number, params in batch]
 
 
@@ -294,7 +414,8 @@ def run_search(
     progress: Progress | None = None,
     backend: Backend | None = None,
 ) -> SearchResult:
-    """Run (or resume) the study until ``budget`` completed trials or the time budget.
+    """Run (or resume) the study until ``budget`` trials (distinct sampled combinations)
+    or the time budget.
 
     Trials are asked ``settings.parallel`` new combinations at a time, evaluated by
     ``backend`` (default here, one after the other) and told in the order they were asked."""
@@ -303,52 +424,64 @@ def run_search(
     start = time.monotonic()
     study = open_study(settings, fingerprint)
     baseline = _baseline(study, evaluator)
-    records = _stored_records(study, space, evaluator.demands, settings.study_path)
-    asker = _Asker(study, space, evaluator.demands, settings, records)
-    measured_before, stopped = evaluator.measured_runs, "budget"
-    target = min(settings.budget, space.size())
-    while len(records) < target:
+    stored = _stored_trials(study, space, evaluator.demands, settings.study_path)
+    records = [r for recs in stored.values() for r in recs]
+    asker = _Asker(study, space, evaluator.demands, settings, stored)
+    measured_before, analytic_before = evaluator.measured_runs, evaluator.analytic_runs
+    stopped = "budget"
+    target = min(settings.budget, space.sampled_size())
+    while asker.evaluated < target:
         if settings.time_budget_s is not None and time.monotonic() - start > settings.time_budget_s:
             stopped = "time budget"
             break
-        batch = asker.ask(min(settings.parallel, target - len(records)))
+        batch = asker.ask(min(settings.parallel, target - asker.evaluated))
         if not batch:
             stopped = "sampler kept repeating evaluated points"
             break
         done = list(records)
         results = backend.evaluate(evaluator, [(t.number, dict(t.params)) for t in batch], done)
-        for trial, rec in zip(batch, results, strict=True):
-            records.append(rec)
+        for trial, recs in zip(batch, results, strict=True):
+            records.extend(recs)
+            asker.tell(trial, recs)
             if progress is not None:
-                progress(len(records), target, rec.stage)
-            asker.tell(trial, rec)
-    if len(records) >= space.size():
+                progress(asker.evaluated, target, recs[0].stage)
+    if asker.evaluated >= space.sampled_size():
         stopped = "space exhausted"
     return SearchResult(
         records=records, baseline=baseline,
         trials_total=len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))),
-        trials_this_run=asker.asked, evaluated_this_run=len(records) - asker.resumed,
+        trials_this_run=asker.asked, evaluated_total=asker.evaluated,
+        evaluated_this_run=asker.evaluated - asker.resumed,
         measured_this_run=evaluator.measured_runs - measured_before,
+        analytic_this_run=evaluator.analytic_runs - analytic_before,
         elapsed_s=time.monotonic() - start, stopped_by=stopped, resumed_from=asker.resumed,
     )  # fmt: skip
 
 
+ParamsKey = tuple[tuple[str, KnobValue], ...]
+
+
 class _Asker:
-    """Asks the study for new knob combinations and tells it results; a combination
-    already evaluated (in this run or from the file) is told its stored result at once,
-    and one asked twice within a batch is told when the batch's result arrives."""
+    """Asks the study for new combinations of the sampled knobs and tells it results; a
+    combination already evaluated (in this run or from the file) is told its stored result
+    at once, and one asked twice within a batch is told when the batch's result arrives."""
 
     def __init__(self, study: optuna.Study, space: Space, demands: Demands, settings: Settings,
-                 records: list[Record]) -> None:  # fmt: skip
+                 stored: dict[ParamsKey, list[Record]]) -> None:  # fmt: skip
         self.study, self.demands, self.settings = study, demands, settings
-        self.by_key = {_key(r.params): r for r in records}
-        self.resumed, self.asked = len(records), 0
-        self.waiting: dict[tuple[tuple[str, KnobValue], ...], list[optuna.Trial]] = {}
+        self.by_key = dict(stored)
+        self.resumed, self.asked = len(stored), 0
+        self.waiting: dict[ParamsKey, list[optuna.Trial]] = {}
+        sampled = space.sampled_params()
         if not study.trials:
-            study.enqueue_trial(space.default())
+            study.enqueue_trial({name: choices[0] for name, choices in sampled.items()})
         self.distributions: dict[str, BaseDistribution] = {
-            n: CategoricalDistribution(c) for n, c in space.params().items()
+            n: CategoricalDistribution(c) for n, c in sampled.items()
         }
+
+    @property
+    def evaluated(self) -> int:
+        return len(self.by_key)
 
     def ask(self, count: int) -> list[optuna.Trial]:
         batch: list[optuna.Trial] = []
@@ -368,17 +501,17 @@ class _Asker:
                 batch.append(trial)
         return batch
 
-    def tell(self, trial: optuna.Trial, rec: Record) -> None:
-        key = _key(rec.params)
-        self.by_key[key] = rec
-        _tell(self.study, trial, rec, self.demands)
+    def tell(self, trial: optuna.Trial, recs: list[Record]) -> None:
+        key = _key(dict(trial.params))
+        self.by_key[key] = recs
+        _tell(self.study, trial, recs, self.demands)
         for twin in self.waiting.pop(key, []):
-            self._tell_copy(twin, rec)
+            self._tell_copy(twin, recs)
 
-    def _tell_copy(self, trial: optuna.Trial, known: Record) -> None:
-        rec = Record(trial.number, dict(trial.params), known.values, known.stage,
-                     known.figures, known.feasible)  # fmt: skip
-        _tell(self.study, trial, rec, self.demands)
+    def _tell_copy(self, trial: optuna.Trial, known: list[Record]) -> None:
+        copies = [Record(trial.number, dict(r.params), r.values, r.stage, r.figures, r.feasible)
+                  for r in known]  # fmt: skip
+        _tell(self.study, trial, copies, self.demands)
 
 
 def _baseline(study: optuna.Study, evaluator: Evaluator) -> Record:
@@ -409,19 +542,20 @@ def _checked_baseline(stored: Any, study: optuna.Study) -> tuple[list[float], di
     return [float(v) for v in values], dict(figures)  # type: ignore[union-attr, arg-type]
 
 
-def _stored_records(
+def _stored_trials(
     study: optuna.Study, space: Space, demands: Demands, where: Path | None
-) -> list[Record]:
-    """The distinct knob combinations already evaluated in the study (first trial of each)."""
-    records: dict[tuple[tuple[str, KnobValue], ...], Record] = {}
+) -> dict[ParamsKey, list[Record]]:
+    """The distinct sampled combinations already evaluated in the study (first trial of
+    each) and their points."""
+    trials: dict[ParamsKey, list[Record]] = {}
     for old in study.get_trials(states=(TrialState.COMPLETE,)):
-        rec = _record_from_trial(old, space, demands, where)
-        if rec is not None:
-            records.setdefault(_key(rec.params), rec)
-    return list(records.values())
+        recs = _records_from_trial(old, space, demands, where)
+        if recs:
+            trials.setdefault(_key(dict(old.params)), recs)
+    return trials
 
 
-def _key(params: dict[str, KnobValue]) -> tuple[tuple[str, KnobValue], ...]:
+def _key(params: dict[str, KnobValue]) -> ParamsKey:
     return tuple(sorted(params.items()))
 
 
