@@ -140,6 +140,15 @@ def _tool(name: str) -> str:
     return found
 
 
+def _flower_env(home: Path) -> dict[str, str]:
+    """Our environment with a private FLWR_HOME, and this interpreter's scripts first on
+    PATH: the SuperLink starts ``flower-superexec`` by name, and a venv used without
+    activation (``.venv/bin/python -m pytest``, as CI does) is not on PATH."""
+    scripts = str(Path(sys.executable).parent)
+    path = os.pathsep.join([scripts, os.environ.get("PATH", "")])
+    return {**os.environ, "FLWR_HOME": str(home), "PATH": path}
+
+
 def _start(
     stack: ExitStack, argv: list[str], env: dict[str, str], log: Path
 ) -> subprocess.Popen[bytes]:
@@ -172,7 +181,7 @@ def deploy(cfg: FederateConfig, timeout_s: float = DEPLOY_TIMEOUT_S) -> Federate
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="crosslevel-flower-") as tmp, ExitStack() as stack:
         folder = Path(tmp)
-        env = {**os.environ, "FLWR_HOME": str(folder / "flwr_home")}
+        env = _flower_env(folder / "flwr_home")
         link_port = _free_port()
         (folder / "flwr_home").mkdir()
         (folder / "flwr_home" / "config.toml").write_text(
@@ -207,7 +216,7 @@ def deploy(cfg: FederateConfig, timeout_s: float = DEPLOY_TIMEOUT_S) -> Federate
         app = write_app(folder, _run_config(cfg, plan, result_path))
         deadline = time.monotonic() + timeout_s
         _wait_for_port(link_port, deadline)
-        _submit(app, env, deadline, folder)
+        _submit(app, env, link, deadline, folder)
         result = _wait_result(result_path, [link, *nodes], deadline, folder)
     result.seconds = time.perf_counter() - start
     return result
@@ -223,7 +232,9 @@ def _wait_for_port(port: int, deadline: float) -> None:
     raise FederatedError(f"the SuperLink did not listen on 127.0.0.1:{port} in time")
 
 
-def _submit(app: Path, env: dict[str, str], deadline: float, folder: Path) -> None:
+def _submit(
+    app: Path, env: dict[str, str], link: subprocess.Popen[bytes], deadline: float, folder: Path
+) -> None:
     """``flwr run`` until the SuperLink accepts the run (it may still be starting).
 
     ``flwr run --format json`` exits 0 even when the SuperLink is unreachable; its
@@ -240,8 +251,9 @@ def _submit(app: Path, env: dict[str, str], deadline: float, folder: Path) -> No
                 return
         except ValueError:
             pass
-        if time.monotonic() > deadline:
-            raise FederatedError(f"flwr run failed: {answer[-300:]} (logs in {folder})")
+        if link.poll() is not None or time.monotonic() > deadline:
+            tail = (folder / "superlink.log").read_text(errors="replace")[-400:]
+            raise FederatedError(f"flwr run failed: {answer[-300:]}; SuperLink log ends: {tail}")
         time.sleep(1.0)
 
 
