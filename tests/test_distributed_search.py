@@ -58,3 +58,24 @@ def test_search_over_memory_and_split_meets_a_ram_limit(space: Space) -> None:
     for rec in feasible:
         assert rec.params["split.split"] != 1.0
         assert rec.figures["peak_ram_bytes"] <= limit
+
+
+def test_optimize_searches_the_split_and_hands_it_to_the_controller(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``optimize --edge --link``: split points on the front, their traffic in variants.json."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from crosslevel.cli import app
+
+    out = tmp_path / "opt"
+    args = ["optimize", "mlperf:ad01_int8.tflite", "--device", "rpi4", "--edge", "host",
+            "--link", "wifi", "-o", str(out), "--json"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    variants = json.loads((out / "variants.json").read_text())["variants"]
+    splits = [v["split"] for v in variants if v.get("split")]
+    assert splits and all(s["up_bytes"] > 0 and s["remote_ms"] > 0 for s in splits)
+    assert any(v.get("split") is None for v in variants)  # an all-device variant too
+    alone = CliRunner().invoke(app, [*args[:6], "-o", str(tmp_path / "x")])  # no --link
+    assert alone.exit_code == 2 and "--edge and --link go together" in alone.output

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crosslevel.distributed.problem import Problem
+from crosslevel.distributed.split import tensor_tiers
 from crosslevel.hardware.devices import Device, Link, get_device
 from crosslevel.ir.graph import Graph
 from crosslevel.search.space import Candidate, Knob, KnobValue
@@ -57,16 +58,14 @@ class SplitLevel:
     ram_limit: int | None = None
     flash_limit: int | None = None
     name: str = "split"
+    changes_accuracy: bool = field(init=False)  # int8 cut tensors change the outputs
     _problems: dict[tuple[int, bool], tuple[Graph, Problem]] = field(
         default_factory=dict, repr=False
     )
 
     def __post_init__(self) -> None:
+        self.changes_accuracy = self.compression
         self.devices: list[Device] = [get_device(self.device), get_device(self.edge)]
-
-    @property
-    def changes_accuracy(self) -> bool:
-        return self.compression
 
     @property
     def knobs(self) -> tuple[Knob, ...]:
@@ -113,9 +112,24 @@ class SplitLevel:
             "split_transfer_ms": sum(breakdown["transfer_ms"]) + sum(breakdown["rtt_ms"]),
             "split_fits_device": problem.fits(tier_of),
         }
+        if any(t > 0 for t in tier_of.values()):  # what the controller judges by bandwidth
+            up, down = _traffic(problem, tier_of)
+            fig |= {"split_device_ms": breakdown["compute_ms"][0],
+                    "split_remote_ms": sum(breakdown["compute_ms"][1:]),
+                    "split_up_bytes": up, "split_down_bytes": down}  # fmt: skip
         if exact and compress:
             fig["split_top1_agreement"] = _fidelity(problem, tier_of)["top1_agreement"]
         return cand
+
+
+def _traffic(problem: Problem, tier_of: Mapping[str, int]) -> tuple[int, int]:
+    """Bytes sent device -> edge (cut tensors) and edge -> device (outputs made remotely)."""
+    spans = tensor_tiers(problem.graph, tier_of)
+    up = sum(problem.wire_bytes(n) for n in problem.readers() if spans[n][0] == 0 < spans[n][1])
+    producer = problem.graph.producers()
+    down = sum(problem.graph.tensors[n].nbytes for n in problem.graph.outputs
+               if n in producer and tier_of[producer[n].name] > 0)  # fmt: skip
+    return up, down
 
 
 def _fidelity(problem: Problem, tier_of: dict[str, int]) -> dict[str, Any]:

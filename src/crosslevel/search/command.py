@@ -116,6 +116,16 @@ def optimize_command(
         str | None,
         typer.Option("--ray-address", help="Evaluate trials on the Ray cluster at ADDR (joined)."),
     ] = None,
+    edge: Annotated[
+        str | None,
+        typer.Option(
+            help="Also search a device/edge split: the edge device (with --link); latency, "
+            "RAM and flash become the split's (predicted; device part exact)."
+        ),
+    ] = None,
+    link: Annotated[
+        str | None, typer.Option(help="Link between device and edge (`crosslevel devices`).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print result.json.")] = False,
 ) -> None:
     """Search the model, graph, memory and operator levels jointly for a device and demands.
@@ -140,7 +150,7 @@ def optimize_command(
         max_ram_kib=max_ram_kb, max_flash_kib=max_flash_kb,
         max_accuracy_drop_pp=max_accuracy_drop, settings=settings, seeds=seeds,
         epochs=epochs, ablation_budget=ablation_budget, cache_dir=cache_dir,
-        max_variants=max_variants, ray=ray, ray_address=ray_address,
+        max_variants=max_variants, ray=ray, ray_address=ray_address, edge=edge, link=link,
     )  # fmt: skip
     outcome = _run(req, out, show=not as_json)
     if as_json:

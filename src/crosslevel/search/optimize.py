@@ -91,14 +91,17 @@ class Request:
     cache_dir: Path | None = None
     ray: bool = False  # evaluate trials on a local Ray cluster started for this run
     ray_address: str | None = None  # ... or on the running cluster at this address
+    edge: str | None = None  # with ``link``: the split level places a tail on this device
+    link: str | None = None
 
 
 def space_for(
-    model: str | None, data: str | None, seeds: int, epochs: int | None, cache_dir: str | None
+    model: str | None, data: str | None, seeds: int, epochs: int | None, cache_dir: str | None,
+    device: str = DEFAULT_DEVICE, edge: str | None = None, link: str | None = None,
 ) -> Space:
     """The request's space from plain values: what a Ray worker builds (``SpaceSpec``)."""
-    req = Request(model=model, data=data, seeds=seeds, epochs=epochs,
-                  cache_dir=Path(cache_dir) if cache_dir else None)  # fmt: skip
+    req = Request(model=model, data=data, seeds=seeds, epochs=epochs, device=device, edge=edge,
+                  link=link, cache_dir=Path(cache_dir) if cache_dir else None)  # fmt: skip
     return build_space(req)[0]
 
 
@@ -110,7 +113,8 @@ def _backend(req: Request, demands: Demands, device: str) -> Any:
 
     spec = SpaceSpec("crosslevel.search.optimize:space_for", {
         "model": req.model, "data": req.data, "seeds": req.seeds, "epochs": req.epochs,
-        "cache_dir": str(req.cache_dir) if req.cache_dir else None,
+        "cache_dir": str(req.cache_dir) if req.cache_dir else None, "device": req.device,
+        "edge": req.edge, "link": req.link,
     })  # fmt: skip
     req.settings.parallel = max(req.settings.parallel, LOCAL_CPUS)
     return RayBackend(spec, demands, device, address=req.ray_address)
@@ -143,19 +147,36 @@ def build_space(req: Request) -> tuple[Space, dict[str, Any]]:
         "(graph, memory, operator); outputs are unchanged, so the accuracy drop is 0 by "
         "construction",
     }
-    return Space(preserving_levels(level, req.cache_dir)), info
+    return Space(preserving_levels(level, req)), info
 
 
-def preserving_levels(first: Level, cache_dir: Path | None) -> list[Level]:
+def preserving_levels(first: Level, req: Request) -> list[Level]:
     """``first`` then the accuracy-preserving levels, in the order they apply: graph
-    passes before the memory plan (it is made for the rewritten graph), kernels last."""
-    return [first, GraphPassLevel(), MemoryLevel(), KernelLevel(cache_dir=cache_dir)]
+    passes before the memory plan (it is made for the rewritten graph), kernels, and
+    last the split (it replaces latency, RAM and flash by the device part's)."""
+    levels = [first, GraphPassLevel(), MemoryLevel(), KernelLevel(cache_dir=req.cache_dir)]
+    if req.edge is not None or req.link is not None:
+        levels.append(_split_level(req))
+    return levels
+
+
+def _split_level(req: Request) -> Level:
+    """The distributed level between ``req.device`` and ``req.edge`` over ``req.link``."""
+    if req.edge is None or req.link is None:
+        raise UsageError("--edge and --link go together (the split needs both)")
+    from crosslevel.distributed.search_level import SplitLevel
+    from crosslevel.hardware.devices import get_device, get_link
+
+    get_device(req.edge)  # unknown names: exit 2 before any search
+    # Split point only: int8 cut tensors change outputs, which the search measures only
+    # for the model level's knobs.
+    return SplitLevel(get_link(req.link), device=req.device, edge=req.edge, compression=False)
 
 
 def _zoo_space(name: str, data: str, req: Request) -> Space:
     level = ModelLevel(name, data, seeds=req.seeds, epochs=req.epochs, cache_dir=req.cache_dir)
     level.config({k.name: k.choices[0] for k in level.knobs}).validate()  # unknown data: exit 2
-    return Space(preserving_levels(level, req.cache_dir))
+    return Space(preserving_levels(level, req))
 
 
 Progress = Callable[[int, int, str], None]
