@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
 from typing import Any
 
 from crosslevel.distributed.partition import plan_partition
@@ -22,3 +24,14 @@ def half_split_plan(model: str) -> Any:
         [get_link("wifi")],
         assignment=tier_of,
     )
+
+
+def self_signed_cert(folder: Path) -> tuple[bytes, bytes]:
+    """(key, certificate) PEM for ``localhost``, made by openssl for a TLS test."""
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(folder / "key.pem"), "-out", str(folder / "cert.pem"),
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+    return (folder / "key.pem").read_bytes(), (folder / "cert.pem").read_bytes()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import struct
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from distributed_helpers import half_split_plan
+from distributed_helpers import half_split_plan, self_signed_cert
 
 from crosslevel.distributed.client import DeviceClient
 from crosslevel.distributed.partition import load_plan, write_plan
@@ -223,13 +222,7 @@ def test_edge_stops_mid_stream_every_request_answered_once(plan: dict[str, Any])
 
 def test_tls_with_a_self_signed_certificate(plan: dict[str, Any], tmp_path: Path) -> None:
     """Split inference over TLS; a client without the root certificate cannot connect."""
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem"),
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
-        check=True, capture_output=True, timeout=30,
-    )  # fmt: skip
-    key, cert = (tmp_path / "key.pem").read_bytes(), (tmp_path / "cert.pem").read_bytes()
+    key, cert = self_signed_cert(tmp_path)
     server, port, service = start_server(plan, TOKEN, tls=(key, cert))
     try:
         client = DeviceClient(plan, f"localhost:{port}", TOKEN, tls_root=cert)

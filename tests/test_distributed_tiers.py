@@ -11,10 +11,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from distributed_helpers import self_signed_cert
 
 from crosslevel.distributed.client import DeviceClient
 from crosslevel.distributed.partition import load_plan, plan_partition, write_plan
-from crosslevel.distributed.server import CloudLink, start_server
+from crosslevel.distributed.server import CloudLink, TierRunner, start_server
+from crosslevel.distributed.transport import MessageError
 from crosslevel.errors import UsageError
 from crosslevel.hardware.devices import get_device, get_link
 from crosslevel.ir.load import load_model
@@ -105,3 +107,25 @@ def test_cli_serves_the_three_tiers(plan: dict[str, Any]) -> None:
     report = json.loads(out.stdout)
     assert report["answered"] == 40
     assert report["where"].endswith("SSSSS")  # split once both servers were up
+
+
+def test_the_edge_reaches_the_cloud_over_tls(plan: dict[str, Any], tmp_path: Path) -> None:
+    """The edge -> cloud hop over TLS; an edge without the root certificate is refused."""
+    key, cert = self_signed_cert(tmp_path)
+    cloud_server, cloud_port, cloud = start_server(plan, TOKEN, role="cloud", tls=(key, cert))
+    links = [CloudLink(plan, f"localhost:{cloud_port}", TOKEN, 2.0, tls_root=root)
+             for root in (cert, None)]  # fmt: skip
+    x = [np.random.default_rng(5).standard_normal(s["shape"]).astype(np.float32)
+         for s in plan["inputs"]]  # fmt: skip
+    values = {s["name"]: v for s, v in zip(plan["inputs"], x, strict=True)}
+    edge_values = TierRunner(plan, 0, 1).run(values)  # device and edge parts, as served
+    try:
+        got = links[0].run("tls", edge_values)
+        assert set(got) == {s.name for s in links[0].returned} and cloud.served == 1
+        with pytest.raises(MessageError):
+            links[1].run("plain", edge_values)  # plaintext to a TLS server
+        assert cloud.served == 1
+    finally:
+        cloud_server.stop(0).wait(5)
+        for link in links:
+            link.close()

@@ -189,6 +189,9 @@ def serve_command(
     cloud_timeout_s: Annotated[float, typer.Option(help="Deadline of one cloud call.")] = 2.0,
     tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate for TLS.")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="PEM private key for TLS.")] = None,
+    cloud_tls_root: Annotated[
+        Path | None, typer.Option(help="PEM root certificate of a --cloud served over TLS.")
+    ] = None,
 ) -> None:
     """Serve the edge part (and the cloud part, or forward to --cloud) or, with --role
     cloud, the cloud part of a plan over gRPC until interrupted."""
@@ -200,7 +203,10 @@ def serve_command(
                          "uses `crosslevel run`")  # fmt: skip
     doc = load_plan(plan)
     secret = token or secrets.token_urlsafe(16)
-    link = None if cloud is None else CloudLink(doc, cloud, secret, cloud_timeout_s)
+    if cloud_tls_root is not None and cloud is None:
+        raise UsageError("--cloud-tls-root goes with --cloud")
+    cloud_root = None if cloud_tls_root is None else _read_file(cloud_tls_root, "--cloud-tls-root")
+    link = None if cloud is None else CloudLink(doc, cloud, secret, cloud_timeout_s, cloud_root)
     tls = _read_tls(tls_cert, tls_key)
     server, bound, service = start_server(doc, secret, port, host, tls, role=role, cloud=link)
     console.print(f"serving {doc.get('model', plan)} {role} part on {host}:{bound}"

@@ -84,7 +84,10 @@ class TierRunner:
 class CloudLink:
     """The edge's client of the cloud server: link 1's tensors up, the cloud's outputs back."""
 
-    def __init__(self, plan: dict[str, Any], address: str, token: str, timeout_s: float) -> None:
+    def __init__(
+        self, plan: dict[str, Any], address: str, token: str, timeout_s: float,
+        tls_root: bytes | None = None,
+    ) -> None:
         if len(plan["tiers"]) != 3:
             raise UsageError("--cloud needs a three-tier plan (device, edge, cloud)")
         link = plan["links"][1]
@@ -94,7 +97,12 @@ class CloudLink:
         self.plan_id = plan_id(plan)
         self.timeout_s = timeout_s
         self.metadata = (("authorization", f"Bearer {token}"),)
-        self.channel = grpc.insecure_channel(address, options=grpc_options(MAX_MESSAGE_BYTES))
+        options = grpc_options(MAX_MESSAGE_BYTES)
+        if tls_root is None:
+            self.channel = grpc.insecure_channel(address, options=options)
+        else:  # the same TLS as the device's link: the cloud is across a network too
+            creds = grpc.ssl_channel_credentials(root_certificates=tls_root)
+            self.channel = grpc.secure_channel(address, creds, options=options)
         self._infer = self.channel.unary_unary(INFER)
 
     def run(self, request_id: str, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
