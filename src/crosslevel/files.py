@@ -7,7 +7,9 @@ rule decides what a document may point at.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 
 def file_inside(folder: Path, name: object, subfolders: bool = False) -> Path:
@@ -29,3 +31,17 @@ def file_inside(folder: Path, name: object, subfolders: bool = False) -> Path:
     if not inside:
         raise ValueError(f"model file {name!r} is not a file inside {folder}")
     return folder / name
+
+
+def read_json_document(path: Path, fmt: str, max_bytes: int) -> dict[str, Any]:
+    """``path`` as a JSON object whose ``format`` is ``fmt``, read only when it is at most
+    ``max_bytes`` (a hostile file may be huge). Raises ``ValueError`` saying what is wrong."""
+    if path.stat().st_size > max_bytes:
+        raise ValueError(f"larger than {max_bytes} bytes")
+    try:
+        doc = json.loads(path.read_bytes())
+    except (ValueError, RecursionError) as exc:  # bad UTF-8/JSON, deep nesting, huge ints
+        raise ValueError(f"not JSON ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("format") != fmt:
+        raise ValueError(f"'format' must be {fmt!r}")
+    return doc

@@ -38,7 +38,7 @@ from crosslevel.distributed.problem import OBJECTIVES, Problem
 from crosslevel.distributed.solvers import solve_chain, solve_ilp, solve_mincut
 from crosslevel.distributed.split import Split, check_assignment, split_graph
 from crosslevel.errors import InvalidModelError, UsageError
-from crosslevel.files import file_inside
+from crosslevel.files import file_inside, read_json_document
 from crosslevel.hardware.cost_model import predict_latency
 from crosslevel.hardware.devices import Device, Link
 from crosslevel.ir.graph import DTYPE_BYTES, Graph
@@ -410,14 +410,10 @@ def load_plan(path: Path) -> dict[str, Any]:
     path = path / "plan.json" if path.is_dir() else path
     if not path.is_file():
         raise UsageError(f"plan {path} does not exist")
-    if path.stat().st_size > MAX_PLAN_BYTES:
-        raise _fail(str(path), f"larger than {MAX_PLAN_BYTES} bytes")
     try:
-        doc = json.loads(path.read_bytes())
-    except (ValueError, RecursionError) as exc:  # bad UTF-8/JSON, deep nesting, huge ints
-        raise _fail(str(path), f"not JSON ({exc})") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise _fail(str(path), f"'format' must be {FORMAT!r}")
+        doc = read_json_document(path, FORMAT, MAX_PLAN_BYTES)
+    except ValueError as exc:
+        raise _fail(str(path), str(exc)) from None
     _drop_private(doc)
     for key in ("inputs", "outputs", "tiers", "links"):
         if not isinstance(doc.get(key), list):

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from crosslevel.errors import InvalidModelError, UsageError
-from crosslevel.files import file_inside
+from crosslevel.files import file_inside, read_json_document
 from crosslevel.runtime.ort import make_session
 
 FORMAT = "crosslevel.early_exit/1"
@@ -256,15 +256,10 @@ def _stage(doc: Any, folder: Path, k: int) -> Stage:
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UsageError(f"early-exit manifest {path} does not exist")
-    if path.stat().st_size > MAX_MANIFEST_BYTES:
-        raise _fail(str(path), f"larger than {MAX_MANIFEST_BYTES} bytes")
     try:
-        doc = json.loads(path.read_bytes())
-    except (ValueError, RecursionError) as exc:  # bad UTF-8/JSON, deep nesting, huge ints
-        raise _fail(str(path), f"not JSON ({exc})") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise _fail(str(path), f"'format' must be {FORMAT!r}")
-    return doc
+        return read_json_document(path, FORMAT, MAX_MANIFEST_BYTES)
+    except ValueError as exc:
+        raise _fail(str(path), str(exc)) from None
 
 
 def load_manifest(path: str | Path) -> ExitManifest:
