@@ -79,3 +79,23 @@ def test_optimize_searches_the_split_and_hands_it_to_the_controller(tmp_path) ->
     assert any(v.get("split") is None for v in variants)  # an all-device variant too
     alone = CliRunner().invoke(app, [*args[:6], "-o", str(tmp_path / "x")])  # no --link
     assert alone.exit_code == 2 and "--edge and --link go together" in alone.output
+
+
+def test_a_table_of_splits_gets_an_all_device_fallback(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """On a slow MCU with a fast link every front point is all-edge (it dominates on RAM and
+    flash); the controller still needs a variant for when the link is gone."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from crosslevel.cli import app
+
+    out = tmp_path / "opt"
+    args = ["optimize", "mlperf:ad01_int8.tflite", "--device", "nrf52840", "--edge", "host",
+            "--link", "ethernet", "-o", str(out), "--json"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    variants = json.loads((out / "variants.json").read_text())["variants"]
+    assert variants[0]["split"] is not None  # the chosen point splits
+    local = [v for v in variants if v["split"] is None]
+    assert len(local) == 1 and local[0]["knobs"]["split.split"] == 1.0

@@ -381,6 +381,9 @@ def _write_variants(
     from crosslevel.memory.plan import write_plan
 
     front = variant_table(chosen, choose(res, demands), max_variants)
+    local = _local_fallback(evaluator, front)
+    if local is not None:
+        front.append(local)
     folder = out / "variants"
     folder.mkdir(exist_ok=True)
     variants = []
@@ -413,6 +416,16 @@ def variant_table(chosen: Record, order: list[Record], max_variants: int) -> lis
         if len(table) < max_variants and all(rec is not r for r in table):
             table.append(rec)
     return table
+
+
+def _local_fallback(evaluator: Evaluator, table: list[Record]) -> Record | None:
+    """For a table of split points only, the most accurate one run wholly on the device:
+    the controller's variant for when the link is gone (on RAM and flash an all-edge
+    split dominates every all-device point, so the front may hold none)."""
+    if SPLIT_KNOB not in table[0].params or any(_split(r.figures) is None for r in table):
+        return None
+    best = min(table, key=lambda r: r.values[0])
+    return evaluator.point({**best.params, SPLIT_KNOB: 1.0})
 
 
 def _variant(
@@ -452,6 +465,7 @@ def _variant(
 
 
 SPLIT_FIGURES = ("device_ms", "remote_ms", "up_bytes", "down_bytes")
+SPLIT_KNOB = "split.split"  # the distributed level's split point (1.0: all on the device)
 
 
 def _split(fig: dict[str, Any]) -> dict[str, float] | None:

@@ -185,6 +185,10 @@ class Evaluator:
         self.baseline_accuracy = cand.figures.get("accuracy")
         return self._record(-1, self.space.default(), cand, "measured")
 
+    def point(self, params: dict[str, KnobValue]) -> Record:
+        """``params`` built exactly, as a measured point outside any trial."""
+        return self._record(-2, params, self.candidate(params, exact=True), "measured")
+
     def inner_points(self, sampled: dict[str, KnobValue]) -> list[dict[str, KnobValue]]:
         """Full knob combinations of the inner search for the sampled knobs: every
         preserving combination, or (more than ``INNER_LIMIT``) the unoptimized one and a
