@@ -106,9 +106,44 @@ static void requant_extremes(void) {
   stage(512, 0, &m, &s);
   for (int i = 0; i < 256; ++i) s[i] = -1 - (int32_t)(next() % 20u);
   for (int i = 256; i < 512; ++i) s[i] = range(0, 8);
-  cl_requant_row(acc, y, 512, m, s, range(-128, 256), -128, 127);
+  int32_t zp = range(-128, 256);
+  cl_requant_row(acc, y, 512, m, s, zp, -128, 127);
   out(y, 512);
+#if defined(CL_SIMD_VNNI) /* the 16-lane requantization of the packed GEMM */
+  __m512i zp16 = _mm512_set1_epi32(zp), lo = _mm512_set1_epi32(-128);
+  __m512i hi = _mm512_set1_epi32(127);
+  for (int i = 0; i < 512; i += 16) {
+    __m512i a = _mm512_loadu_si512(acc + i), mv = _mm512_loadu_si512(m + i);
+    _mm_storeu_si128((__m128i *)(y + i),
+                     cl_requant16_avx512(a, mv, _mm512_loadu_si512(s + i), zp16, lo, hi));
+  }
+#endif
+  out(y, 512); /* the portable builds write the cl_requant_row bytes again */
   free(m); free(s);
+}
+
+/* The generator's flipped-input bias (op_window._flipped_input_bias): b - 128 sum(w). */
+static int32_t *flipped_bias(const int8_t *w, const int32_t *b, int k, int cout) {
+  int32_t *xb = malloc(4 * (size_t)cout);
+  for (int o = 0; o < cout; ++o) {
+    int32_t sum = 0;
+    for (int i = 0; i < k; ++i) sum += w[(size_t)o * k + i];
+    xb[o] = b[o] - 128 * sum;
+  }
+  return xb;
+}
+
+/* The generator's packed weights (op_window._packed_weights): k padded to kp. */
+static int8_t *packed_weights(const int8_t *w, int k, int cout) {
+  int blocks = (cout + 15) / 16, kp = (k + 3) & ~3;
+  int8_t *pk = calloc((size_t)blocks * 16 * kp, 1);
+  for (int o = 0; o < cout; ++o) {
+    for (int i = 0; i < k; ++i) {
+      size_t group = (size_t)(o / 16) * (kp / 4) + (size_t)(i / 4);
+      pk[group * 64 + (o % 16) * 4 + i % 4] = w[(size_t)o * k + i];
+    }
+  }
+  return pk;
 }
 
 static void window_kernels(int round) {
@@ -129,18 +164,23 @@ static void window_kernels(int round) {
   cl_conv_s8_direct(x, ih, iw, cin, w, round % 2 ? NULL : b, kh, kw, st, st, 1, 1, p, p, y, oh,
                     ow, cout, -zp, mo, so, zp, -128, 127, acc);
   out(y, (size_t)oh * ow * cout);
-  cl_conv_s8_im2col(x, ih, iw, cin, w, b, kh, kw, st, st, 1, 1, p, p, y, oh, ow, cout,
+  /* the generator's extra operands of the VNNI GEMM (unused by the other paths) */
+  int32_t *xb = flipped_bias(w, b, k, cout), *xb_1x1 = flipped_bias(w, b, cin, cout);
+  int8_t *pk = packed_weights(w, k, cout), *pk_1x1 = packed_weights(w, cin, cout);
+  cl_conv_s8_im2col(x, ih, iw, cin, w, b, xb, pk, kh, kw, st, st, 1, 1, p, p, y, oh, ow, cout,
                     (int8_t)zp, mo, so, zp, -128, 127, acc, col);
   out(y, (size_t)oh * ow * cout);
   free(y);
   y = malloc((size_t)oh1 * ow1 * cout);
-  cl_conv_s8_1x1(x, ih, iw, cin, w, b, st, st, y, oh1, ow1, cout, mo, so, zp, -128, 127, acc);
+  cl_conv_s8_1x1(x, ih, iw, cin, w, b, xb_1x1, pk_1x1, st, st, y, oh1, ow1, cout, mo, so, zp,
+                 -128, 127, acc);
   out(y, (size_t)oh1 * ow1 * cout);
-  free(x); free(y); free(wd); free(w); free(col); free(bd); free(b); free(acc);
+  free(x); free(y); free(wd); free(w); free(col); free(bd); free(b); free(acc); free(xb);
+  free(xb_1x1); free(pk); free(pk_1x1);
   free(m); free(s); free(mo); free(so);
 }
 
-/* Windows read in place by the im2col kernel (cout a multiple of 8, kw * cin >= 16):
+/* Windows read in place by the im2col kernel (VNNI packed GEMM; undilated columns):
    strides 1 and 2, a row dilation of 2, padding, next to windows that need a patch. */
 static void im2col_in_place(void) {
   int ih = 9, iw = 10, cin = 8, cout = 16, kh = 3, kw = 3;
@@ -148,19 +188,36 @@ static void im2col_in_place(void) {
   int8_t *x = i8s((size_t)ih * iw * cin), *w = i8s((size_t)kh * kw * cin * cout);
   int8_t *col = malloc((size_t)kh * kw * cin);
   int32_t *b = biases((size_t)cout), *acc = malloc(4 * (size_t)cout);
+  int32_t *xb = flipped_bias(w, b, kh * kw * cin, cout);
+  int8_t *pk = packed_weights(w, kh * kw * cin, cout);
   stage((size_t)cout, 0, &m, &s);
   for (int st = 1; st <= 2; ++st) {
     for (int dh = 1; dh <= 2; ++dh) {
       int p = st == 1 ? dh : 0, oh = (ih + 2 * p - dh * (kh - 1) - 1) / st + 1;
       int ow = (iw + 2 * p - kw) / st + 1;
       int8_t *y = malloc((size_t)oh * ow * cout);
-      cl_conv_s8_im2col(x, ih, iw, cin, w, b, kh, kw, st, st, dh, 1, p, p, y, oh, ow, cout,
-                        (int8_t)zp, m, s, zp, -128, 127, acc, col);
+      cl_conv_s8_im2col(x, ih, iw, cin, w, b, xb, pk, kh, kw, st, st, dh, 1, p, p, y, oh, ow,
+                        cout, (int8_t)zp, m, s, zp, -128, 127, acc, col);
       out(y, (size_t)oh * ow * cout);
       free(y);
     }
   }
-  free(x); free(w); free(col); free(b); free(acc); free(m); free(s);
+  free(x); free(w); free(col); free(b); free(acc); free(m); free(s); free(xb); free(pk);
+}
+
+/* One pixel and many output channels (an in-place piece): the packed GEMM's one-pixel
+   path, over blocks of 64 channels and the 16-channel tail. */
+static void one_pixel_1x1(void) {
+  int cin = range(1, 200), cout = range(64, 150);
+  int32_t zp = range(-128, 256), *m, *s;
+  int8_t *x = i8s((size_t)cin), *w = i8s((size_t)cin * cout), *y = malloc((size_t)cout);
+  int32_t *b = biases((size_t)cout), *acc = malloc(4 * (size_t)cout);
+  int32_t *xb = flipped_bias(w, b, cin, cout);
+  int8_t *pk = packed_weights(w, cin, cout);
+  stage((size_t)cout, 0, &m, &s);
+  cl_conv_s8_1x1(x, 1, 1, cin, w, b, xb, pk, 1, 1, y, 1, 1, cout, m, s, zp, -128, 127, acc);
+  out(y, (size_t)cout);
+  free(x); free(w); free(y); free(b); free(acc); free(xb); free(pk); free(m); free(s);
 }
 
 static void add_kernel(int round) {
@@ -187,6 +244,7 @@ int main(void) {
     requant_extremes();
     window_kernels(round);
     im2col_in_place();
+    one_pixel_1x1();
     add_kernel(round);
   }
   return 0;

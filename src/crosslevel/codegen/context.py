@@ -59,17 +59,19 @@ class EmitContext:
             return self.const_array(f"t:{name}", ctype, np.asarray(tensor.data).reshape(-1))
         return f"(({ctype} *)(cl_arena + {self.offsets[name]}))"
 
-    def const_array(self, key: str, ctype: str, values: np.ndarray) -> str:
+    def const_array(self, key: str, ctype: str, values: np.ndarray, guard: str = "") -> str:
         """The identifier of a ``static const`` array (flash) holding ``values``; a key
-        seen before returns the array made the first time."""
+        seen before returns the array made the first time. With ``guard`` (a macro of the
+        kernel header) the array exists only in builds defining it."""
         if key in self._const_ids:
             return self._const_ids[key]
         ident = f"cl_c{len(self._const_ids)}"
         self._const_ids[key] = ident
         size = max(values.size, 1)  # C forbids zero-length arrays
-        self.const_definitions.append(
-            f"static const {ctype} {ident}[{size}] = {{{c_initializer(ctype, values)}}};"
-        )
+        definition = f"static const {ctype} {ident}[{size}] = {{{c_initializer(ctype, values)}}};"
+        if guard:
+            definition = f"#if defined({guard})\n{definition}\n#endif"
+        self.const_definitions.append(definition)
         return ident
 
     def need_acc(self, n: int) -> None:

@@ -7,7 +7,10 @@ which calls it once or once per in-place piece.
 Kernel choice for int8 convolutions: a GEMM (dot products of length k = kh*kw*cin; a
 1x1 unpadded convolution needs no im2col patch) when the dot product is long enough to
 fill vector registers, else the direct kernel (outer-product updates over output
-channels). GEMM_MIN_K was measured on the host; ``codegen.tune`` measures per layer.
+channels). GEMM_MIN_K was measured on the host (8 since the packed-weight VNNI GEMM:
+the VWW 1x1 layer with k = 8 took half the direct kernel's time); ``codegen.tune``
+measures per layer. The GEMM kernels also get, for VNNI builds only, the flipped-input
+bias and the weights packed for cl_pk16_vnni (guarded const arrays: no flash elsewhere).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from crosslevel.errors import InvalidModelError, UnsupportedOperatorError
 from crosslevel.ir.graph import Node
 from crosslevel.runtime import int8_kernels as k
 
-GEMM_MIN_K = 16
+GEMM_MIN_K = 8
 CONV_CHOICES = ("direct", "gemm")  # what ``codegen.tune`` may force per layer
 
 
@@ -183,12 +186,16 @@ def _gemm_s8(
     folded into the bias; a pointwise convolution reads its pixels without a patch."""
     rows = w.reshape(win.cout, win.kh * win.kw * win.cin).astype(np.int64)
     wa = ctx.const_array(f"w:{node.name}", "int8_t", rows)
-    ba = ctx.const_array(f"bf:{node.name}", "int32_t", folded_bias(bias, rows, in_zp))
+    folded = folded_bias(bias, rows, in_zp)
+    ba = ctx.const_array(f"bf:{node.name}", "int32_t", folded)
+    # the extra operands of the VNNI kernels: flipped-input bias, packed weights
+    vnni = f"{_flipped_input_bias(ctx, node, folded, rows)}, {_packed_weights(ctx, node, rows)}"
+    biases = f"{ba}, {vnni}"
     if pointwise:
 
         def call_1x1(r: Region) -> list[str]:
             return [
-                f"{r.kernel}conv_s8_1x1({r.x}, {c_args(r.ih, r.iw, win.cin)}, {wa}, {ba}, "
+                f"{r.kernel}conv_s8_1x1({r.x}, {c_args(r.ih, r.iw, win.cin)}, {wa}, {biases}, "
                 f"{c_args(win.sh, win.sw)},",
                 f"               {r.y}, {c_args(r.oh, r.ow, win.cout)}, {stage}, acc);",
             ]
@@ -198,13 +205,35 @@ def _gemm_s8(
 
     def call_im2col(r: Region) -> list[str]:
         return [
-            f"{r.kernel}conv_s8_im2col({r.x}, {c_args(r.ih, r.iw, win.cin)}, {wa}, {ba},",
+            f"{r.kernel}conv_s8_im2col({r.x}, {c_args(r.ih, r.iw, win.cin)}, {wa}, {biases},",
             f"                  {c_args(*win.geometry, r.pad_top, r.pad_left)},",
             f"                  {r.y}, {c_args(r.oh, r.ow, win.cout, in_zp)}, {stage},",
             "                  acc, col);",
         ]
 
     return call_im2col
+
+
+def _flipped_input_bias(ctx: EmitContext, node: Node, folded: np.ndarray, rows: np.ndarray) -> str:
+    """The VNNI GEMM's bias when its inputs are flipped to unsigned (x + 128):
+    folded - 128 * sum(w) per channel, wrapped to int32 as the kernels' adds wrap. Made
+    here once rather than per kernel call (a whole weight pass: as long as the GEMM of a
+    few pixels), so even one-pixel pieces and short stage rows take the flipped-input
+    path. Only VNNI builds store it (CL_IF_VNNI: NULL elsewhere)."""
+    flipped = (folded - 128 * rows.sum(axis=1)).astype(np.int32).astype(np.int64)
+    return f"CL_IF_VNNI({ctx.const_array(f'bx:{node.name}', 'int32_t', flipped, 'CL_SIMD_VNNI')})"
+
+
+def _packed_weights(ctx: EmitContext, node: Node, rows: np.ndarray) -> str:
+    """The weight rows [cout][k] in the layout of the VNNI packed GEMM (cl_pk16_vnni): per
+    block of 16 output channels and group of 4 inputs, the 4 inputs of the 16 channels;
+    zero rows pad the last block and zero columns pad k to a multiple of 4 (cl_pk_len).
+    Only VNNI builds store it (CL_IF_VNNI: NULL elsewhere)."""
+    cout, k = rows.shape
+    padded = np.zeros((-(-cout // 16) * 16, -(-k // 4) * 4), dtype=np.int64)
+    padded[:cout, :k] = rows
+    packed = padded.reshape(padded.shape[0] // 16, 16, -1, 4).transpose(0, 2, 1, 3)
+    return f"CL_IF_VNNI({ctx.const_array(f'wp:{node.name}', 'int8_t', packed, 'CL_SIMD_VNNI')})"
 
 
 def _conv_variant(ctx: EmitContext, node: Node, win: Window) -> str:

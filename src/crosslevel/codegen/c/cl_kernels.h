@@ -150,6 +150,44 @@ static inline __m128i cl_requant8_avx2(__m256i acc, __m256i mult, __m256i shift,
 #endif
 }
 
+#if defined(CL_SIMD_VNNI)
+/* cl_srdhm_avx2, cl_rdbpot_avx2, cl_mbqm_avx2 and cl_requant8_avx2 on 16 lanes (the
+ * same arithmetic, with AVX-512 masks for the compares). */
+CL_HOST_INLINE
+static inline __m512i cl_srdhm_avx512(__m512i a, __m512i b) {
+  const __m512i half = _mm512_set1_epi64((int64_t)1 << 30);
+  __m512i even = _mm512_add_epi64(_mm512_mul_epi32(a, b), half);
+  __m512i odd = _mm512_add_epi64(_mm512_mul_epi32(_mm512_shuffle_epi32(a, (_MM_PERM_ENUM)0xf5),
+                                                  _mm512_shuffle_epi32(b, (_MM_PERM_ENUM)0xf5)),
+                                 half);
+  __m512i high = _mm512_mask_blend_epi32(0xaaaa, _mm512_srli_epi64(even, 31),
+                                         _mm512_slli_epi64(odd, 1));
+  __mmask16 wrapped = _mm512_cmpeq_epi32_mask(high, _mm512_set1_epi32(INT32_MIN));
+  return _mm512_mask_mov_epi32(high, wrapped, _mm512_set1_epi32(INT32_MAX));
+}
+
+CL_HOST_INLINE
+static inline __m512i cl_mbqm_avx512(__m512i acc, __m512i mult, __m512i shift) {
+  const __m512i zero = _mm512_setzero_si512(), one = _mm512_set1_epi32(1);
+  __m512i left = _mm512_max_epi32(shift, zero);
+  __m512i right = _mm512_max_epi32(_mm512_sub_epi32(zero, shift), zero);
+  __m512i x = cl_srdhm_avx512(_mm512_sllv_epi32(acc, left), mult);
+  __m512i mask = _mm512_sub_epi32(_mm512_sllv_epi32(one, right), one);
+  __m512i thr = _mm512_sub_epi32(_mm512_srli_epi32(mask, 1), _mm512_srai_epi32(x, 31));
+  __mmask16 up = _mm512_cmpgt_epi32_mask(_mm512_and_si512(x, mask), thr);
+  __m512i v = _mm512_srav_epi32(x, right);
+  return _mm512_mask_add_epi32(v, up, v, one);
+}
+
+/* The 16 int8 results. */
+CL_HOST_INLINE
+static inline __m128i cl_requant16_avx512(__m512i acc, __m512i mult, __m512i shift, __m512i zp,
+                                          __m512i lo, __m512i hi) {
+  __m512i v = _mm512_add_epi32(cl_mbqm_avx512(acc, mult, shift), zp);
+  return _mm512_cvtepi32_epi8(_mm512_min_epi32(_mm512_max_epi32(v, lo), hi));
+}
+#endif
+
 /* The four sums of four vectors of 8 int32. */
 CL_HOST_INLINE
 static inline __m128i cl_hsum4_avx2(__m256i a, __m256i b, __m256i c, __m256i d) {
@@ -502,8 +540,6 @@ static inline void cl_gemv_s8(const int8_t *CL_RESTRICT x, const int8_t *CL_REST
 }
 
 #if defined(CL_SIMD_VNNI)
-#define CL_PIXELS 2 /* output pixels per GEMM pass: they share each weight load */
-
 /* The 8 sums of 8 vectors, in order. */
 CL_HOST_INLINE
 static inline __m256i cl_hsum8_avx2(const __m256i *v) {
@@ -525,151 +561,197 @@ static inline __m256i cl_flip_correction(const int8_t *x, int k) {
   return _mm256_sub_epi32(_mm256_setzero_si256(), sum);
 }
 
-/* bias_f[o] - 128 * sum(w[o]) for o < nout: the bias when the inputs are flipped instead
- * (x + 128 as the unsigned operand: sum (x + 128) w = sum x w + 128 sum w). Computed once
- * per kernel call, it spares the per-pixel flip of every weight load. */
+/* Output channels [o, o + 8) of one pixel x, requantized in registers and stored: eight
+ * weight rows per pass, flipped to the unsigned operand (the correction starts the sums).
+ * (512-bit steps were measured slower here on every MLPerf Tiny layer shape but the
+ * largest.) */
 CL_HOST_INLINE
-static inline void cl_flip_x_bias(const int8_t *w, const int32_t *bias_f, int k, int nout,
-                                  int32_t *out) {
-  for (int o = 0; o < nout; ++o) {
-    __m256i sum = _mm256_setzero_si256();
-    for (int i = 0; i < k; i += 32) {
-      __mmask32 m = k - i >= 32 ? 0xffffffffu : (1u << (k - i)) - 1u;
-      __m256i wv = _mm256_maskz_loadu_epi8(m, w + (size_t)o * k + i);
-      sum = cl_dpbusd(sum, _mm256_set1_epi8((char)0x80), wv);
-    }
-    out[o] = bias_f[o] - cl_hsum_avx2(sum);
-  }
-}
-
-/* Output channels [o, o + 8) of np (1 or 2) pixels, requantized in registers and stored:
- * eight weight rows per pass, each row load serving both pixels. A pixel's k inputs are
- * nseg segments of seglen bytes, xs[p * nseg + g] (one patch, or the kernel rows of a
- * window read in place). The unsigned operand is the flipped input (flip_x: `bias` holds
- * cl_flip_x_bias, pays off over many pixels) or the flipped weight rows (one segment; the
- * correction starts the sums). (512-bit steps were measured slower here on every MLPerf
- * Tiny layer shape but the largest.) */
-CL_HOST_INLINE
-static inline void cl_rows8_vnni(int np, int flip_x, const int8_t *const *xs, int nseg,
-                                 int seglen, const int8_t *w, int k, int o, const int32_t *bias,
-                                 const int32_t *mult, const int32_t *shift, __m256i zp,
-                                 __m256i lo, __m256i hi, int8_t *const *ys) {
+static inline void cl_rows8_vnni(const int8_t *x, const int8_t *w, int k, int o,
+                                 const int32_t *bias, const int32_t *mult, const int32_t *shift,
+                                 __m256i zp, __m256i lo, __m256i hi, int8_t *y) {
   const __m256i flip = _mm256_set1_epi8((char)0x80);
-  __m256i s[CL_PIXELS][8];
-  for (int p = 0; p < np; ++p) {
-    __m256i start = flip_x ? _mm256_setzero_si256() : cl_flip_correction(xs[p], k);
-    for (int r = 0; r < 8; ++r) s[p][r] = start;
-  }
-  for (int g = 0; g < nseg; ++g) {
-    for (int i = 0; i < seglen; i += 32) {
-      __mmask32 m = seglen - i >= 32 ? 0xffffffffu : (1u << (seglen - i)) - 1u;
-      __m256i xv[CL_PIXELS];
-      for (int p = 0; p < np; ++p) {
-        xv[p] = _mm256_maskz_loadu_epi8(m, xs[p * nseg + g] + i);
-        if (flip_x) xv[p] = _mm256_xor_si256(xv[p], flip);
-      }
-      for (int r = 0; r < 8; ++r) {
-        __m256i wv = _mm256_maskz_loadu_epi8(m, w + (size_t)(o + r) * k + g * seglen + i);
-        if (flip_x) {
-          for (int p = 0; p < np; ++p) s[p][r] = cl_dpbusd(s[p][r], xv[p], wv);
-        } else {
-          wv = _mm256_xor_si256(wv, flip);
-          for (int p = 0; p < np; ++p) s[p][r] = cl_dpbusd(s[p][r], wv, xv[p]);
-        }
-      }
+  __m256i s[8];
+  __m256i start = cl_flip_correction(x, k);
+  for (int r = 0; r < 8; ++r) s[r] = start;
+  for (int i = 0; i < k; i += 32) {
+    __mmask32 m = k - i >= 32 ? 0xffffffffu : (1u << (k - i)) - 1u;
+    __m256i xv = _mm256_maskz_loadu_epi8(m, x + i);
+    for (int r = 0; r < 8; ++r) {
+      __m256i wv = _mm256_maskz_loadu_epi8(m, w + (size_t)(o + r) * k + i);
+      s[r] = cl_dpbusd(s[r], _mm256_xor_si256(wv, flip), xv);
     }
   }
-  __m256i b8 = _mm256_loadu_si256((const __m256i *)(bias + o));
+  __m256i a = _mm256_add_epi32(cl_hsum8_avx2(s), _mm256_loadu_si256((const __m256i *)(bias + o)));
   __m256i m8 = _mm256_loadu_si256((const __m256i *)(mult + o));
   __m256i sh8 = _mm256_loadu_si256((const __m256i *)(shift + o));
-  for (int p = 0; p < np; ++p) {
-    __m256i a = _mm256_add_epi32(cl_hsum8_avx2(s[p]), b8);
-    _mm_storel_epi64((__m128i *)(ys[p] + o), cl_requant8_avx2(a, m8, sh8, zp, lo, hi));
-  }
+  _mm_storel_epi64((__m128i *)(y + o), cl_requant8_avx2(a, m8, sh8, zp, lo, hi));
 }
-#else
-#define CL_PIXELS 1
 #endif
 
-/* y_p = requantize(bias_f + W x_p) for np (1 <= np <= CL_PIXELS) pixels: the GEMM core of
- * the 1x1, im2col and fully connected kernels. x_p is xs[p * nseg .. p * nseg + nseg) of
- * seglen bytes each (nseg > 1 only with x_bias and nout a multiple of 8). With VNNI the
- * channels go 8 at a time, fused with the requantization (x_bias: cl_flip_x_bias of the
- * call, or NULL to flip the weights); the rest (and every other target) through acc. */
+/* A const array only the VNNI kernels read (the generator guards its definition with
+ * CL_SIMD_VNNI, so other targets neither store it in flash nor see it unused). */
+#if defined(CL_SIMD_VNNI)
+#define CL_IF_VNNI(a) (a)
+#else
+#define CL_IF_VNNI(a) NULL
+#endif
+
+/* y = requantize(bias_f + W x) for one pixel: the GEMM core of the fully connected kernel
+ * and of the 1x1 and im2col kernels without VNNI. With VNNI the channels go 8 at a time,
+ * fused with the requantization; the rest (and every other target) through acc. */
 CL_HOST_INLINE
-static inline void cl_gemm_pixels(int np, const int8_t *const *xs, int nseg, int seglen,
-                                  const int8_t *CL_RESTRICT w, const int32_t *CL_RESTRICT bias_f,
-                                  const int32_t *x_bias, int k, int nout,
-                                  const int32_t *CL_RESTRICT mult,
-                                  const int32_t *CL_RESTRICT shift, int32_t zp, int32_t lo,
-                                  int32_t hi, int8_t *const *ys, int32_t *CL_RESTRICT acc) {
+static inline void cl_gemm_pixel(const int8_t *CL_RESTRICT x, const int8_t *CL_RESTRICT w,
+                                 const int32_t *CL_RESTRICT bias_f, int k, int nout,
+                                 const int32_t *CL_RESTRICT mult,
+                                 const int32_t *CL_RESTRICT shift, int32_t zp, int32_t lo,
+                                 int32_t hi, int8_t *CL_RESTRICT y, int32_t *CL_RESTRICT acc) {
   int o = 0;
 #if defined(CL_SIMD_VNNI)
   __m256i zp8 = _mm256_set1_epi32(zp), lo8 = _mm256_set1_epi32(lo), hi8 = _mm256_set1_epi32(hi);
-  for (; o + 8 <= nout; o += 8) {
-    if (x_bias) {
-      cl_rows8_vnni(np, 1, xs, nseg, seglen, w, k, o, x_bias, mult, shift, zp8, lo8, hi8, ys);
-    } else {
-      cl_rows8_vnni(np, 0, xs, 1, k, w, k, o, bias_f, mult, shift, zp8, lo8, hi8, ys);
-    }
-  }
+  for (; o + 8 <= nout; o += 8) cl_rows8_vnni(x, w, k, o, bias_f, mult, shift, zp8, lo8, hi8, y);
   if (o == nout) return;
-#else
-  (void)x_bias, (void)nseg, (void)seglen;
 #endif
-  for (int p = 0; p < np; ++p) {
-    cl_gemv_s8(xs[p], w + (size_t)o * k, bias_f + o, k, nout - o, acc);
-    cl_requant_row(acc, ys[p] + o, nout - o, mult + o, shift + o, zp, lo, hi);
-  }
+  cl_gemv_s8(x, w + (size_t)o * k, bias_f + o, k, nout - o, acc);
+  cl_requant_row(acc, y + o, nout - o, mult + o, shift + o, zp, lo, hi);
 }
 
 #if defined(CL_SIMD_VNNI)
-/* The bias of a GEMM convolution call over n pixels: with enough pixels, the
- * flipped-input bias in `store` (nout values), else NULL (see cl_gemm_pixels). */
+#define CL_PK_PIXELS 8 /* pixels per pass of the packed-weight GEMM */
+
+/* dst[i] = src[i] ^ 0x80 (the unsigned operand of dpbusd: x + 128). Plain stores (gcc
+ * vectorizes the loop): the GEMM's 4-byte loads then forward from them, which masked
+ * AVX-512 stores do not allow (measured slower on the VWW 1x1 layers). */
+static inline void cl_flip_copy(uint8_t *CL_RESTRICT dst, const int8_t *CL_RESTRICT src, int n) {
+  for (int i = 0; i < n; ++i) dst[i] = (uint8_t)src[i] ^ 0x80u;
+}
+
+/* Output channels [o, o + 16) (masked to nout) of np <= CL_PK_PIXELS pixels, requantized
+ * and stored. w_pk is the generator's packed weights (op_window._packed_weights): for
+ * each block of 16 channels and each group of 4 inputs, the 4 inputs of the 16 channels
+ * (64 bytes), so one 512-bit dpbusd adds 4 products to each of 16 channel sums of a
+ * pixel with no horizontal sum; the pixel's 4 flipped inputs are broadcast, and every
+ * weight load serves all the pixels. xf + q * k: pixel q's flipped inputs, k a multiple of
+ * 4 (the inputs padded with zeros, whose weights are zero: cl_pk_pad). */
 CL_HOST_INLINE
-static inline const int32_t *cl_gemm_x_bias(const int8_t *w, const int32_t *bias_f, int k,
-                                            int nout, int n, int32_t *store) {
-  if (n < 4 || nout < 8) return NULL;
-  cl_flip_x_bias(w, bias_f, k, nout, store);
-  return store;
+static inline void cl_pk16_vnni(int np, const uint8_t *xf, int k, const int8_t *w_pk, int o,
+                                const int32_t *x_bias, const int32_t *mult,
+                                const int32_t *shift, int nout, __m512i zp, __m512i lo,
+                                __m512i hi, int8_t *const *ys) {
+  __mmask16 m = nout - o >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (nout - o)) - 1u);
+  __m512i acc[CL_PK_PIXELS];
+  __m512i b = _mm512_maskz_loadu_epi32(m, x_bias + o);
+  for (int q = 0; q < CL_PK_PIXELS; ++q) acc[q] = b; /* all: gcc sees them set */
+  const int8_t *wb = w_pk + (size_t)(o / 16) * k * 16;
+  for (int i = 0; i < k; i += 4, wb += 64) {
+    __m512i wv = _mm512_loadu_si512((const void *)wb);
+    for (int q = 0; q < np; ++q) {
+      int32_t x4;
+      memcpy(&x4, xf + (size_t)q * k + i, 4);
+      acc[q] = _mm512_dpbusd_epi32(acc[q], _mm512_set1_epi32(x4), wv);
+    }
+  }
+  __m512i m16 = _mm512_maskz_loadu_epi32(m, mult + o);
+  __m512i s16 = _mm512_maskz_loadu_epi32(m, shift + o);
+  for (int q = 0; q < np; ++q) {
+    _mm_mask_storeu_epi8(ys[q] + o, m, cl_requant16_avx512(acc[q], m16, s16, zp, lo, hi));
+  }
+}
+
+/* cl_pk16_vnni for ONE pixel (an in-place piece) and output channels [o, o + 64): four
+ * channel blocks at once, so that four sums are in flight instead of one. */
+CL_HOST_INLINE
+static inline void cl_pk64_pixel_vnni(const uint8_t *xf, int k, const int8_t *w_pk, int o,
+                                      const int32_t *x_bias, const int32_t *mult,
+                                      const int32_t *shift, __m512i zp, __m512i lo, __m512i hi,
+                                      int8_t *y) {
+  __m512i acc[4];
+  for (int j = 0; j < 4; ++j) acc[j] = _mm512_loadu_si512(x_bias + o + 16 * j);
+  const int8_t *wb = w_pk + (size_t)(o / 16) * k * 16;
+  for (int i = 0; i < k; i += 4, wb += 64) {
+    int32_t x4;
+    memcpy(&x4, xf + i, 4);
+    __m512i xv = _mm512_set1_epi32(x4);
+    for (int j = 0; j < 4; ++j) {
+      __m512i wv = _mm512_loadu_si512((const void *)(wb + (size_t)j * k * 16));
+      acc[j] = _mm512_dpbusd_epi32(acc[j], xv, wv);
+    }
+  }
+  for (int j = 0; j < 4; ++j) {
+    int c = o + 16 * j;
+    __m512i m16 = _mm512_loadu_si512(mult + c), s16 = _mm512_loadu_si512(shift + c);
+    _mm_storeu_si128((__m128i *)(y + c), cl_requant16_avx512(acc[j], m16, s16, zp, lo, hi));
+  }
+}
+
+/* The packed GEMM's input length: k rounded up to a multiple of 4. */
+static inline int cl_pk_len(int k) { return (k + 3) & ~3; }
+
+/* Zero the padding of a pixel's flipped inputs xq[k, cl_pk_len(k)). */
+static inline void cl_pk_pad(uint8_t *xq, int k) {
+  for (int i = k; i < cl_pk_len(k); ++i) xq[i] = 0;
+}
+
+/* cl_pk16_vnni over all output channels (a constant np sizes the registers). */
+CL_HOST_INLINE
+static inline void cl_gemm_pk(int np, const uint8_t *xf, int k, const int8_t *w_pk,
+                              const int32_t *x_bias, const int32_t *mult, const int32_t *shift,
+                              int nout, int32_t zp, int32_t lo, int32_t hi, int8_t *const *ys) {
+  __m512i zp16 = _mm512_set1_epi32(zp), lo16 = _mm512_set1_epi32(lo);
+  __m512i hi16 = _mm512_set1_epi32(hi);
+  int o = 0;
+  for (; np == 1 && o + 64 <= nout; o += 64) {
+    cl_pk64_pixel_vnni(xf, k, w_pk, o, x_bias, mult, shift, zp16, lo16, hi16, ys[0]);
+  }
+  for (; o < nout; o += 16) {
+    if (np == CL_PK_PIXELS) {
+      cl_pk16_vnni(CL_PK_PIXELS, xf, k, w_pk, o, x_bias, mult, shift, nout, zp16, lo16, hi16,
+                   ys);
+    } else {
+      cl_pk16_vnni(np, xf, k, w_pk, o, x_bias, mult, shift, nout, zp16, lo16, hi16, ys);
+    }
+  }
 }
 #endif
 
 /* 1x1 convolution without padding as a GEMM: weights [cout][cin], the input offset
  * folded into the bias at generation time (bias_f = bias + in_off * sum(w)), so the
- * inner loop is a pure int8 dot product (a widening multiply-add reduction). */
+ * inner loop is a pure int8 dot product (a widening multiply-add reduction). With VNNI,
+ * the packed GEMM (x_bias, w_pk: the generator's CL_IF_VNNI arrays, required there). */
 CL_HOST_INLINE
 static inline void cl_conv_s8_1x1(const int8_t *CL_RESTRICT x, int ih, int iw, int cin,
                                   const int8_t *CL_RESTRICT w, const int32_t *CL_RESTRICT bias_f,
-                                  int sh, int sw, int8_t *CL_RESTRICT y, int oh, int ow,
-                                  int cout, const int32_t *CL_RESTRICT mult,
+                                  const int32_t *CL_RESTRICT x_bias,
+                                  const int8_t *CL_RESTRICT w_pk, int sh, int sw,
+                                  int8_t *CL_RESTRICT y, int oh, int ow, int cout,
+                                  const int32_t *CL_RESTRICT mult,
                                   const int32_t *CL_RESTRICT shift, int32_t zp, int32_t lo,
                                   int32_t hi, int32_t *CL_RESTRICT acc) {
   (void)ih;
   int n = oh * ow;
 #if defined(CL_SIMD_VNNI)
-  int32_t x_store[cout]; /* host SIMD builds only: on the stack */
-  const int32_t *x_bias = cl_gemm_x_bias(w, bias_f, cin, cout, n, x_store);
-#else
-  const int32_t *x_bias = NULL;
-#endif
-  for (int p = 0; p < n; p += CL_PIXELS) {
-    const int8_t *xs[CL_PIXELS] = {NULL};
-    int8_t *ys[CL_PIXELS] = {NULL};
-    int np = n - p < CL_PIXELS ? n - p : CL_PIXELS;
+  int kp = cl_pk_len(cin);
+  uint8_t xf[CL_PK_PIXELS * kp]; /* host SIMD builds only: on the stack */
+  for (int p = 0; p < n; p += CL_PK_PIXELS) {
+    int8_t *ys[CL_PK_PIXELS] = {NULL};
+    int np = n - p < CL_PK_PIXELS ? n - p : CL_PK_PIXELS;
     for (int q = 0; q < np; ++q) {
       int oy = (p + q) / ow, ox = (p + q) % ow;
-      xs[q] = x + ((size_t)oy * sh * iw + (size_t)ox * sw) * cin;
+      uint8_t *xq = xf + (size_t)q * kp;
+      cl_flip_copy(xq, x + ((size_t)oy * sh * iw + (size_t)ox * sw) * cin, cin);
+      cl_pk_pad(xq, cin);
       ys[q] = y + (size_t)(p + q) * cout;
     }
-    if (np == CL_PIXELS) {
-      cl_gemm_pixels(CL_PIXELS, xs, 1, cin, w, bias_f, x_bias, cin, cout, mult, shift, zp, lo,
-                     hi, ys, acc);
-    } else {
-      cl_gemm_pixels(1, xs, 1, cin, w, bias_f, x_bias, cin, cout, mult, shift, zp, lo, hi, ys,
-                     acc);
-    }
+    cl_gemm_pk(np, xf, kp, w_pk, x_bias, mult, shift, cout, zp, lo, hi, ys);
   }
+  (void)w, (void)bias_f, (void)acc;
+#else
+  (void)x_bias, (void)w_pk;
+  for (int p = 0; p < n; ++p) {
+    int oy = p / ow, ox = p % ow;
+    cl_gemm_pixel(x + ((size_t)oy * sh * iw + (size_t)ox * sw) * cin, w, bias_f, cin, cout, mult,
+                  shift, zp, lo, hi, y + (size_t)p * cout, acc);
+  }
+#endif
 }
 
 /* The receptive field of output pixel (oy, ox) in the OHWI weight order ([kh][kw][cin]),
@@ -715,57 +797,51 @@ static inline int cl_window_rows_inside(const int8_t *x, int ih, int iw, int cin
 }
 #endif
 
-/* Convolution as im2col + GEMM, CL_PIXELS output pixels at a time: each receptive field
- * is gathered into a patch (`col`), taps outside the image filled with the input zero
- * point so that, with the offset folded into bias_f, they contribute exactly nothing (as
- * TFLite's skipped taps). */
+/* Convolution as im2col + GEMM: each receptive field is gathered into a patch (`col`),
+ * taps outside the image filled with the input zero point so that, with the offset folded
+ * into bias_f, they contribute exactly nothing (as TFLite's skipped taps). With VNNI,
+ * CL_PK_PIXELS pixels per packed GEMM pass (x_bias, w_pk: the generator's CL_IF_VNNI
+ * arrays, required there; unused elsewhere). */
 CL_HOST_INLINE
 static inline void cl_conv_s8_im2col(
     const int8_t *CL_RESTRICT x, int ih, int iw, int cin, const int8_t *CL_RESTRICT w,
-    const int32_t *CL_RESTRICT bias_f, int kh, int kw, int sh, int sw, int dh, int dw, int pt,
-    int pl, int8_t *CL_RESTRICT y, int oh, int ow, int cout, int8_t in_zp,
+    const int32_t *CL_RESTRICT bias_f, const int32_t *CL_RESTRICT x_bias,
+    const int8_t *CL_RESTRICT w_pk, int kh, int kw, int sh, int sw, int dh, int dw, int pt, int pl,
+    int8_t *CL_RESTRICT y, int oh, int ow, int cout, int8_t in_zp,
     const int32_t *CL_RESTRICT mult, const int32_t *CL_RESTRICT shift, int32_t zp, int32_t lo,
     int32_t hi, int32_t *CL_RESTRICT acc, int8_t *CL_RESTRICT col) {
   int k = kh * kw * cin, n = oh * ow;
 #if defined(CL_SIMD_VNNI)
-  int8_t col1[k]; /* the second pixel's patch: host SIMD builds only, on the stack */
-  int8_t *cols[CL_PIXELS] = {col, col1};
-  int32_t x_store[cout];
-  const int32_t *x_bias = cl_gemm_x_bias(w, bias_f, k, cout, n, x_store);
-  /* windows inside the image are read in place (a patch would only copy their rows) */
-  int in_place = x_bias != NULL && dw == 1 && cout % 8 == 0 && kw * cin >= 16;
-  const int8_t *segs[CL_PIXELS * kh];
-#else
-  int8_t *cols[CL_PIXELS] = {col};
-  const int32_t *x_bias = NULL;
-#endif
-  for (int p = 0; p < n; p += CL_PIXELS) {
-    const int8_t *xs[CL_PIXELS] = {NULL};
-    int8_t *ys[CL_PIXELS] = {NULL};
-    int np = n - p < CL_PIXELS ? n - p : CL_PIXELS;
-    for (int q = 0; q < np; ++q) ys[q] = y + (size_t)(p + q) * cout;
-#if defined(CL_SIMD_VNNI)
-    if (in_place && np == CL_PIXELS &&
-        cl_window_rows_inside(x, ih, iw, cin, kh, kw, sh, sw, dh, pt, pl, p / ow, p % ow, segs) &&
-        cl_window_rows_inside(x, ih, iw, cin, kh, kw, sh, sw, dh, pt, pl, (p + 1) / ow,
-                              (p + 1) % ow, segs + kh)) {
-      cl_gemm_pixels(CL_PIXELS, segs, kh, kw * cin, w, bias_f, x_bias, k, cout, mult, shift, zp,
-                     lo, hi, ys, acc);
-      continue;
-    }
-#endif
+  int kp = cl_pk_len(k);
+  uint8_t xf[CL_PK_PIXELS * kp]; /* host SIMD builds only: on the stack */
+  for (int p = 0; p < n; p += CL_PK_PIXELS) {
+    int8_t *ys[CL_PK_PIXELS] = {NULL};
+    int np = n - p < CL_PK_PIXELS ? n - p : CL_PK_PIXELS;
     for (int q = 0; q < np; ++q) {
-      cl_im2col_pixel(x, ih, iw, cin, kh, kw, sh, sw, dh, dw, pt, pl, (p + q) / ow, (p + q) % ow,
-                      in_zp, cols[q]);
-      xs[q] = cols[q];
+      const int8_t *segs[kh];
+      int oy = (p + q) / ow, ox = (p + q) % ow;
+      uint8_t *xq = xf + (size_t)q * kp;
+      cl_pk_pad(xq, k);
+      /* windows inside the image are read in place (a patch would only copy their rows) */
+      if (dw == 1 &&
+          cl_window_rows_inside(x, ih, iw, cin, kh, kw, sh, sw, dh, pt, pl, oy, ox, segs)) {
+        for (int ky = 0; ky < kh; ++ky) cl_flip_copy(xq + ky * kw * cin, segs[ky], kw * cin);
+      } else {
+        cl_im2col_pixel(x, ih, iw, cin, kh, kw, sh, sw, dh, dw, pt, pl, oy, ox, in_zp, col);
+        cl_flip_copy(xq, col, k);
+      }
+      ys[q] = y + (size_t)(p + q) * cout;
     }
-    if (np == CL_PIXELS) {
-      cl_gemm_pixels(CL_PIXELS, xs, 1, k, w, bias_f, x_bias, k, cout, mult, shift, zp, lo, hi, ys,
-                     acc);
-    } else {
-      cl_gemm_pixels(1, xs, 1, k, w, bias_f, x_bias, k, cout, mult, shift, zp, lo, hi, ys, acc);
-    }
+    cl_gemm_pk(np, xf, kp, w_pk, x_bias, mult, shift, cout, zp, lo, hi, ys);
   }
+  (void)w, (void)bias_f, (void)acc;
+#else
+  (void)x_bias, (void)w_pk;
+  for (int p = 0; p < n; ++p) {
+    cl_im2col_pixel(x, ih, iw, cin, kh, kw, sh, sw, dh, dw, pt, pl, p / ow, p % ow, in_zp, col);
+    cl_gemm_pixel(col, w, bias_f, k, cout, mult, shift, zp, lo, hi, y + (size_t)p * cout, acc);
+  }
+#endif
 }
 
 #if defined(CL_SIMD_AVX2)
@@ -879,9 +955,8 @@ static inline void cl_fc_s8(const int8_t *CL_RESTRICT x, int rows, int k,
                             const int32_t *CL_RESTRICT shift, int32_t zp, int32_t lo, int32_t hi,
                             int32_t *CL_RESTRICT acc) {
   for (int r = 0; r < rows; ++r) {
-    const int8_t *xs[1] = {x + (size_t)r * k};
-    int8_t *ys[1] = {y + (size_t)r * nout};
-    cl_gemm_pixels(1, xs, 1, k, w, bias_f, NULL, k, nout, mult, shift, zp, lo, hi, ys, acc);
+    cl_gemm_pixel(x + (size_t)r * k, w, bias_f, k, nout, mult, shift, zp, lo, hi,
+                  y + (size_t)r * nout, acc);
   }
 }
 
@@ -993,20 +1068,44 @@ static inline void cl_add8_avx2(const int8_t *a, const int8_t *b, int8_t *y, lon
 }
 #endif
 
+#if defined(CL_SIMD_VNNI)
+/* cl_add8_avx2 on 16 elements. */
+CL_HOST_INLINE
+static inline void cl_add16_avx512(const int8_t *a, const int8_t *b, int8_t *y, long i,
+                                   const cl_add_params *p) {
+  __m512i va = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(a + i)));
+  __m512i vb = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(b + i)));
+  __m512i left = _mm512_set1_epi32(p->left_shift);
+  va = _mm512_sllv_epi32(_mm512_add_epi32(va, _mm512_set1_epi32(p->in1_off)), left);
+  vb = _mm512_sllv_epi32(_mm512_add_epi32(vb, _mm512_set1_epi32(p->in2_off)), left);
+  __m512i sa = cl_mbqm_avx512(va, _mm512_set1_epi32(p->m1), _mm512_set1_epi32(p->s1));
+  __m512i sb = cl_mbqm_avx512(vb, _mm512_set1_epi32(p->m2), _mm512_set1_epi32(p->s2));
+  __m128i out = cl_requant16_avx512(_mm512_add_epi32(sa, sb), _mm512_set1_epi32(p->mo),
+                                    _mm512_set1_epi32(p->so), _mm512_set1_epi32(p->out_off),
+                                    _mm512_set1_epi32(p->lo), _mm512_set1_epi32(p->hi));
+  _mm_storeu_si128((__m128i *)(y + i), out);
+}
+#define CL_ADD_BLOCK 16L
+#define cl_add_block cl_add16_avx512
+#elif defined(CL_SIMD_AVX2)
+#define CL_ADD_BLOCK 8L
+#define cl_add_block cl_add8_avx2
+#endif
+
 static inline void cl_add_s8(const int8_t *a, const int8_t *b, int8_t *y, long n,
                              const cl_add_params *p, int rev) {
-  long blocked = 0; /* elements [0, blocked) go 8 at a time */
-#if defined(CL_SIMD_AVX2)
-  blocked = n & ~7L;
+  long blocked = 0; /* elements [0, blocked) go CL_ADD_BLOCK at a time */
+#if defined(CL_ADD_BLOCK)
+  blocked = n - n % CL_ADD_BLOCK;
 #endif
   if (rev) {
     for (long i = n - 1; i >= blocked; --i) y[i] = cl_add1_s8(a[i], b[i], p);
-#if defined(CL_SIMD_AVX2)
-    for (long i = blocked - 8; i >= 0; i -= 8) cl_add8_avx2(a, b, y, i, p);
+#if defined(CL_ADD_BLOCK)
+    for (long i = blocked - CL_ADD_BLOCK; i >= 0; i -= CL_ADD_BLOCK) cl_add_block(a, b, y, i, p);
 #endif
   } else {
-#if defined(CL_SIMD_AVX2)
-    for (long i = 0; i < blocked; i += 8) cl_add8_avx2(a, b, y, i, p);
+#if defined(CL_ADD_BLOCK)
+    for (long i = 0; i < blocked; i += CL_ADD_BLOCK) cl_add_block(a, b, y, i, p);
 #endif
     for (long i = blocked; i < n; ++i) y[i] = cl_add1_s8(a[i], b[i], p);
   }

@@ -7,7 +7,7 @@
  * with the input pointer replaced by the rows; ih, sh, dh and pt were used to pick the
  * rows and are unused here. The arithmetic is the twins' (TFLite's, bit-exact), and so
  * are their host SIMD paths: the int8 convolutions call the same pixel kernels
- * (cl_direct_pixel_avx2, cl_dw_pixel_avx2, cl_gemm_pixels with CL_PIXELS pixels per
+ * (cl_direct_pixel_avx2, cl_dw_pixel_avx2, cl_gemm_pk with CL_PK_PIXELS pixels per
  * pass), and every row kernel is always inlined on the host (CL_HOST_INLINE). Measured
  * on the ResNet-8 smallest plan: 0.34 -> 0.22-0.24 ms (medians of 300 calls, this host).
  * Include after cl_kernels.h. */
@@ -69,15 +69,16 @@ static inline void cl_row_conv_s8_direct(
   }
 }
 
-/* The GEMM row kernels (1x1, im2col) go one pixel per GEMV, except with VNNI on rows
- * long enough to repay the flipped-input bias of the row (cl_gemm_x_bias; measured on
- * the kws rows of 5 pixels: slower): there, CL_PIXELS pixels per cl_gemm_pixels pass, as
- * their twins. (Through cl_gemm_pixels on Cortex-M, QEMU counted 30% more instructions
- * on the kws stage: gcc there no longer sees the constant shapes.) */
+/* The GEMM row kernels (1x1, im2col) go one pixel per GEMV, except with VNNI: there,
+ * CL_PK_PIXELS pixels per packed GEMM pass, as their twins. (Through cl_gemm_pixel on
+ * Cortex-M, QEMU counted 30% more instructions on the kws stage: gcc there no longer sees
+ * the constant shapes.) */
 CL_HOST_INLINE
 static inline void cl_row_conv_s8_1x1(const int8_t *const *rows, int ih, int iw, int cin,
                                       const int8_t *CL_RESTRICT w,
-                                      const int32_t *CL_RESTRICT bias_f, int sh, int sw,
+                                      const int32_t *CL_RESTRICT bias_f,
+                                      const int32_t *CL_RESTRICT x_bias,
+                                      const int8_t *CL_RESTRICT w_pk, int sh, int sw,
                                       int8_t *CL_RESTRICT y, int oh, int ow, int cout,
                                       const int32_t *CL_RESTRICT mult,
                                       const int32_t *CL_RESTRICT shift, int32_t zp, int32_t lo,
@@ -85,26 +86,27 @@ static inline void cl_row_conv_s8_1x1(const int8_t *const *rows, int ih, int iw,
   CL_ROW_UNUSED(ih, sh, 0, 0, oh);
   (void)iw;
 #if defined(CL_SIMD_VNNI)
-  int32_t x_store[cout]; /* host SIMD builds only: on the stack */
-  const int32_t *x_bias = ow >= 8 ? cl_gemm_x_bias(w, bias_f, cin, cout, ow, x_store) : NULL;
-  for (int ox = 0; x_bias && ox < ow; ox += CL_PIXELS) {
-    const int8_t *xs[CL_PIXELS] = {rows[0] + (size_t)ox * sw * cin,
-                                   rows[0] + (size_t)(ox + 1) * sw * cin};
-    int8_t *ys[CL_PIXELS] = {y + (size_t)ox * cout, y + (size_t)(ox + 1) * cout};
-    if (ox + 1 < ow) { /* the pixel count a constant: it sizes the kernel's registers */
-      cl_gemm_pixels(CL_PIXELS, xs, 1, cin, w, bias_f, x_bias, cin, cout, mult, shift, zp, lo,
-                     hi, ys, acc);
-    } else {
-      cl_gemm_pixels(1, xs, 1, cin, w, bias_f, x_bias, cin, cout, mult, shift, zp, lo, hi, ys,
-                     acc);
+  int kp = cl_pk_len(cin); /* as cl_conv_s8_1x1 */
+  uint8_t xf[CL_PK_PIXELS * kp];
+  for (int ox = 0; ox < ow; ox += CL_PK_PIXELS) {
+    int8_t *ys[CL_PK_PIXELS] = {NULL};
+    int np = ow - ox < CL_PK_PIXELS ? ow - ox : CL_PK_PIXELS;
+    for (int q = 0; q < np; ++q) {
+      uint8_t *xq = xf + (size_t)q * kp;
+      cl_flip_copy(xq, rows[0] + (size_t)(ox + q) * sw * cin, cin);
+      cl_pk_pad(xq, cin);
+      ys[q] = y + (size_t)(ox + q) * cout;
     }
+    cl_gemm_pk(np, xf, kp, w_pk, x_bias, mult, shift, cout, zp, lo, hi, ys);
   }
-  if (x_bias) return;
-#endif
+  (void)w, (void)bias_f, (void)acc;
+#else
+  (void)x_bias, (void)w_pk;
   for (int ox = 0; ox < ow; ++ox) {
     cl_gemv_s8(rows[0] + (size_t)ox * sw * cin, w, bias_f, cin, cout, acc);
     cl_requant_row(acc, y + (size_t)ox * cout, cout, mult, shift, zp, lo, hi);
   }
+#endif
 }
 
 /* The receptive field of output column ox gathered from the row pointers (OHWI order),
@@ -153,43 +155,42 @@ static inline int cl_row_window_inside(const int8_t *const *rows, int iw, int ci
 CL_HOST_INLINE
 static inline void cl_row_conv_s8_im2col(
     const int8_t *const *rows, int ih, int iw, int cin, const int8_t *CL_RESTRICT w,
-    const int32_t *CL_RESTRICT bias_f, int kh, int kw, int sh, int sw, int dh, int dw, int pt,
-    int pl, int8_t *CL_RESTRICT y, int oh, int ow, int cout, int8_t in_zp,
+    const int32_t *CL_RESTRICT bias_f, const int32_t *CL_RESTRICT x_bias,
+    const int8_t *CL_RESTRICT w_pk, int kh, int kw, int sh, int sw, int dh, int dw, int pt, int pl,
+    int8_t *CL_RESTRICT y, int oh, int ow, int cout, int8_t in_zp,
     const int32_t *CL_RESTRICT mult, const int32_t *CL_RESTRICT shift, int32_t zp, int32_t lo,
     int32_t hi, int32_t *CL_RESTRICT acc, int8_t *CL_RESTRICT col) {
   int k = kh * kw * cin;
   CL_ROW_UNUSED(ih, sh, dh, pt, oh);
 #if defined(CL_SIMD_VNNI)
-  int8_t col1[k]; /* the second pixel's patch: host SIMD builds only, on the stack */
-  int32_t x_store[cout];
-  const int32_t *x_bias = ow >= 8 ? cl_gemm_x_bias(w, bias_f, k, cout, ow, x_store) : NULL;
-  /* windows inside the image are read in place (a patch would only copy their rows) */
-  int in_place = dw == 1 && cout % 8 == 0 && kw * cin >= 16;
-  const int8_t *segs[CL_PIXELS * kh];
-  for (int ox = 0; x_bias && ox < ow; ox += CL_PIXELS) {
-    const int8_t *xs[CL_PIXELS] = {col, col1};
-    int8_t *ys[CL_PIXELS] = {y + (size_t)ox * cout, y + (size_t)(ox + 1) * cout};
-    if (ox + 1 == ow) { /* the last, lone pixel */
-      cl_row_im2col_pixel(rows, iw, cin, kh, kw, sw, dw, pl, ox, in_zp, col);
-      cl_gemm_pixels(1, xs, 1, k, w, bias_f, x_bias, k, cout, mult, shift, zp, lo, hi, ys, acc);
-    } else if (in_place && cl_row_window_inside(rows, iw, cin, kh, kw, sw, pl, ox, segs) &&
-               cl_row_window_inside(rows, iw, cin, kh, kw, sw, pl, ox + 1, segs + kh)) {
-      cl_gemm_pixels(CL_PIXELS, segs, kh, kw * cin, w, bias_f, x_bias, k, cout, mult, shift, zp,
-                     lo, hi, ys, acc);
-    } else {
-      cl_row_im2col_pixel(rows, iw, cin, kh, kw, sw, dw, pl, ox, in_zp, col);
-      cl_row_im2col_pixel(rows, iw, cin, kh, kw, sw, dw, pl, ox + 1, in_zp, col1);
-      cl_gemm_pixels(CL_PIXELS, xs, 1, k, w, bias_f, x_bias, k, cout, mult, shift, zp, lo, hi, ys,
-                     acc);
+  int kp = cl_pk_len(k); /* as cl_conv_s8_im2col */
+  uint8_t xf[CL_PK_PIXELS * kp];
+  for (int ox = 0; ox < ow; ox += CL_PK_PIXELS) {
+    int8_t *ys[CL_PK_PIXELS] = {NULL};
+    int np = ow - ox < CL_PK_PIXELS ? ow - ox : CL_PK_PIXELS;
+    for (int q = 0; q < np; ++q) {
+      const int8_t *segs[kh];
+      uint8_t *xq = xf + (size_t)q * kp;
+      cl_pk_pad(xq, k);
+      if (dw == 1 && cl_row_window_inside(rows, iw, cin, kh, kw, sw, pl, ox + q, segs)) {
+        for (int ky = 0; ky < kh; ++ky) cl_flip_copy(xq + ky * kw * cin, segs[ky], kw * cin);
+      } else {
+        cl_row_im2col_pixel(rows, iw, cin, kh, kw, sw, dw, pl, ox + q, in_zp, col);
+        cl_flip_copy(xq, col, k);
+      }
+      ys[q] = y + (size_t)(ox + q) * cout;
     }
+    cl_gemm_pk(np, xf, kp, w_pk, x_bias, mult, shift, cout, zp, lo, hi, ys);
   }
-  if (x_bias) return;
-#endif
+  (void)w, (void)bias_f, (void)acc;
+#else
+  (void)x_bias, (void)w_pk;
   for (int ox = 0; ox < ow; ++ox) {
     cl_row_im2col_pixel(rows, iw, cin, kh, kw, sw, dw, pl, ox, in_zp, col);
     cl_gemv_s8(col, w, bias_f, k, cout, acc);
     cl_requant_row(acc, y + (size_t)ox * cout, cout, mult, shift, zp, lo, hi);
   }
+#endif
 }
 
 CL_HOST_INLINE
