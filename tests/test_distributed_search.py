@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
+import json
+from pathlib import Path
+from typing import Any
 
+import pytest
+from typer.testing import CliRunner
+
+from crosslevel.cli import app
 from crosslevel.distributed.search_level import SPLIT_CHOICES, SplitLevel, prefix_assignment
 from crosslevel.hardware.devices import get_link
 from crosslevel.ir.load import load_model
@@ -60,42 +66,30 @@ def test_search_over_memory_and_split_meets_a_ram_limit(space: Space) -> None:
         assert rec.figures["peak_ram_bytes"] <= limit
 
 
-def test_optimize_searches_the_split_and_hands_it_to_the_controller(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """``optimize --edge --link``: split points on the front, their traffic in variants.json."""
-    import json
-
-    from typer.testing import CliRunner
-
-    from crosslevel.cli import app
-
-    out = tmp_path / "opt"
-    args = ["optimize", "mlperf:ad01_int8.tflite", "--device", "rpi4", "--edge", "host",
-            "--link", "wifi", "-o", str(out), "--json"]  # fmt: skip
+def _optimize_split(out: Path, device: str, link: str) -> list[dict[str, Any]]:
+    """``crosslevel optimize`` of ad01 with the split level; the variants it wrote."""
+    args = ["optimize", "mlperf:ad01_int8.tflite", "--device", device, "--edge", "host",
+            "--link", link, "-o", str(out), "--json"]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    variants = json.loads((out / "variants.json").read_text())["variants"]
+    return list(json.loads((out / "variants.json").read_text())["variants"])
+
+
+def test_optimize_searches_the_split_and_hands_it_to_the_controller(tmp_path: Path) -> None:
+    """``optimize --edge --link``: split points on the front, their traffic in variants.json."""
+    variants = _optimize_split(tmp_path / "opt", "rpi4", "wifi")
     splits = [v["split"] for v in variants if v.get("split")]
     assert splits and all(s["up_bytes"] > 0 and s["remote_ms"] > 0 for s in splits)
     assert any(v.get("split") is None for v in variants)  # an all-device variant too
-    alone = CliRunner().invoke(app, [*args[:6], "-o", str(tmp_path / "x")])  # no --link
+    alone = CliRunner().invoke(app, ["optimize", "mlperf:ad01_int8.tflite", "--edge", "host",
+                                     "-o", str(tmp_path / "x")])  # no --link  # fmt: skip
     assert alone.exit_code == 2 and "--edge and --link go together" in alone.output
 
 
-def test_a_table_of_splits_gets_an_all_device_fallback(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_table_of_splits_gets_an_all_device_fallback(tmp_path: Path) -> None:
     """On a slow MCU with a fast link every front point is all-edge (it dominates on RAM and
     flash); the controller still needs a variant for when the link is gone."""
-    import json
-
-    from typer.testing import CliRunner
-
-    from crosslevel.cli import app
-
-    out = tmp_path / "opt"
-    args = ["optimize", "mlperf:ad01_int8.tflite", "--device", "nrf52840", "--edge", "host",
-            "--link", "ethernet", "-o", str(out), "--json"]  # fmt: skip
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
-    variants = json.loads((out / "variants.json").read_text())["variants"]
+    variants = _optimize_split(tmp_path / "opt", "nrf52840", "ethernet")
     assert variants[0]["split"] is not None  # the chosen point splits
     local = [v for v in variants if v["split"] is None]
     assert len(local) == 1 and local[0]["knobs"]["split.split"] == 1.0
